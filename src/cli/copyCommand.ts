@@ -1,0 +1,104 @@
+import type { Command } from 'commander';
+import { copyImage, type CopyProgress, type CopyResult } from '../job/copyImage.js';
+import { DEFAULT_CHUNK_SIZE, DEFAULT_FLUSH_EVERY, DEFAULT_QUEUE_DEPTH, defaultWorkers } from '../sched/tuning.js';
+import { formatBytes, formatDuration } from '../util/size.js';
+import { withInterrupt } from './interrupt.js';
+import { integerOption, sizeOption } from './options.js';
+import { emitEvent } from './output.js';
+import { ProgressBar } from './ProgressBar.js';
+
+/** Options of `blockmirror copy`, as commander parses them. */
+interface CopyCommandOptions {
+  chunkSize: number;
+  queueDepth: number;
+  workers: number;
+  direct: boolean;
+  speed: number;
+  flushEvery: number;
+  targetIsZero: boolean;
+  zeroDetect: boolean;
+  json: boolean;
+  progress: boolean;
+}
+
+/** Options a copy and a mirror share on the command line. */
+export function addCopyTuningOptions(cmd: Command): Command {
+  return cmd
+    .option('-c, --chunk-size <size>', 'largest extent one operation copies', sizeOption('--chunk-size'), DEFAULT_CHUNK_SIZE)
+    .option('-q, --queue-depth <n>', 'copy operations in flight', integerOption('--queue-depth', 1, 1020), DEFAULT_QUEUE_DEPTH)
+    .option('-w, --workers <n>', 'worker threads', integerOption('--workers', 1, 64), defaultWorkers())
+    .option('--direct', 'bypass the page cache (O_DIRECT)', false)
+    .option('--speed <bytes/s>', 'rate limit in bytes per second (0: unlimited)', sizeOption('--speed'), 0)
+    .option('--json', 'NDJSON events on stdout instead of a progress bar', false)
+    .option('--no-progress', 'no progress bar');
+}
+
+export function registerCopyCommand(program: Command): void {
+  addCopyTuningOptions(
+    program
+      .command('copy')
+      .description('copy an image to a target, ending with the data on disk')
+      .argument('<source>', 'raw image file or block device')
+      .argument('<target>', 'file (created, sized to the source, if missing) or block device'),
+  )
+    .option('--flush-every <size>', 'bytes written between paced flushes (0: only the final flush)', sizeOption('--flush-every'), DEFAULT_FLUSH_EVERY)
+    .option('--target-is-zero', 'an existing target already reads as zeros: skip zero chunks unseen', false)
+    .option('--no-zero-detect', 'write zero chunks as data')
+    .action(async (source: string, target: string, opts: CopyCommandOptions) => {
+      await runCopy(source, target, opts);
+    });
+}
+
+async function runCopy(source: string, target: string, opts: CopyCommandOptions): Promise<void> {
+  const bar = opts.progress && !opts.json && ProgressBar.wanted() ? new ProgressBar() : undefined;
+  if (opts.json) {
+    emitEvent('start', { source, target, chunkSize: opts.chunkSize, queueDepth: opts.queueDepth, workers: opts.workers });
+  }
+  const onProgress = (p: CopyProgress): void => {
+    if (opts.json) emitEvent('progress', { bytes: p.bytesDone, total: p.bytesTotal, rate: Math.round(p.rate), eta: finiteOrNull(p.etaSeconds) });
+    bar?.update({ done: p.bytesDone, total: p.bytesTotal, rate: p.rate, etaSeconds: p.etaSeconds });
+  };
+  let result: CopyResult;
+  try {
+    result = await withInterrupt((signal) =>
+      copyImage(source, target, {
+        chunkSize: opts.chunkSize,
+        queueDepth: opts.queueDepth,
+        workers: opts.workers,
+        direct: opts.direct,
+        speed: opts.speed,
+        flushEvery: opts.flushEvery,
+        targetIsZero: opts.targetIsZero,
+        detectZeroes: opts.zeroDetect,
+        onProgress: opts.json || bar ? onProgress : undefined,
+        signal,
+      }),
+    );
+  } finally {
+    bar?.stop();
+  }
+  if (opts.json) {
+    emitEvent('done', {
+      bytes: result.bytes,
+      seconds: result.seconds,
+      bytesWritten: result.bytesWritten,
+      bytesZero: result.bytesZero,
+      targetCreated: result.targetCreated,
+    });
+  } else {
+    process.stdout.write(`${copySummary(result)}\n`);
+  }
+}
+
+/** The one-line summary a finished copy prints. */
+export function copySummary(r: CopyResult): string {
+  const rate = r.seconds > 0 ? r.bytes / r.seconds : 0;
+  return (
+    `copied ${formatBytes(r.bytes)} in ${formatDuration(r.seconds)} (${formatBytes(rate)}/s): ` +
+    `${formatBytes(r.bytesWritten)} written, ${formatBytes(r.bytesZero)} zero, data on disk`
+  );
+}
+
+function finiteOrNull(n: number): number | null {
+  return Number.isFinite(n) ? Math.round(n * 10) / 10 : null;
+}

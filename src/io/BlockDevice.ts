@@ -1,0 +1,50 @@
+/**
+ * What every source and target looks like to the copy engine: a fixed-size array of bytes with
+ * positioned reads and writes (pread/pwrite), flush, and zeroing.
+ */
+export interface BlockDevice {
+  /** The path or URI, for messages. */
+  readonly description: string;
+  /** Size in bytes. */
+  readonly size: number;
+  readonly readOnly: boolean;
+  /** Offsets and lengths of requests should be multiples of this (1: any). */
+  readonly blockSize: number;
+  /** Largest single request the device takes; the engine splits larger ones. */
+  readonly maxRequest: number;
+  /** True when `writeZeroes` costs no data transfer (NBD WRITE_ZEROES), so a zero chunk is cheaper zeroed than checked. */
+  readonly efficientZeroes: boolean;
+  /** Reads exactly `buf.length` bytes at `offset` (never past the end). */
+  read(buf: Uint8Array, offset: number): Promise<void>;
+  /** Writes all of `data` at `offset`. */
+  write(data: Uint8Array, offset: number): Promise<void>;
+  /** Makes `length` bytes at `offset` read as zeros. */
+  writeZeroes(offset: number, length: number): Promise<void>;
+  /** Tells the device the range is no longer needed; it reads back as zeros or as before. */
+  discard(offset: number, length: number): Promise<void>;
+  /** Makes every completed write durable (fdatasync, NBD FLUSH). */
+  flush(): Promise<void>;
+  /** A buffer of `size` bytes that this device can do I/O from (aligned when the device needs it). */
+  allocBuffer(size: number): Promise<Buffer>;
+  close(): Promise<void>;
+}
+
+/** A file or block device, opened by path. */
+export interface FileDeviceSpec {
+  readonly kind: 'file';
+  readonly path: string;
+  /** Bypass the page cache with O_DIRECT where requests are aligned. */
+  readonly direct?: boolean;
+  readonly writable?: boolean;
+  /** Which side of a copy this is, for error codes and messages (default: `source`). */
+  readonly role?: DeviceRole;
+}
+
+/** The side of a copy a device is on. */
+export type DeviceRole = 'source' | 'target';
+
+/**
+ * Everything a thread needs to open its own handle on a device: plain data, so it can be posted to
+ * a worker thread (each worker keeps its own handles; handles cannot cross threads).
+ */
+export type DeviceSpec = FileDeviceSpec;

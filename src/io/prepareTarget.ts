@@ -1,0 +1,80 @@
+import { open, stat } from 'node:fs/promises';
+import type { Stats } from 'node:fs';
+import { DeviceError, ErrorCode, errnoOf, toIoError } from '../errors.js';
+import { formatBytes } from '../util/size.js';
+
+/** What preparing a file target found or did. */
+export interface PreparedTarget {
+  /** True when the target did not exist and was created, sized to the source: it reads as zeros. */
+  readonly created: boolean;
+}
+
+async function statOrMissing(path: string): Promise<Stats | undefined> {
+  try {
+    return await stat(path);
+  } catch (err) {
+    if (errnoOf(err) === 'ENOENT') return undefined;
+    throw toIoError(err, 'open', path);
+  }
+}
+
+/**
+ * Checks a file target against its source before anything is written, and creates it (sparse,
+ * sized to the source) if it is missing. An existing target is refused, untouched, when it is a
+ * directory, the source itself, or smaller than the source.
+ */
+export async function prepareFileTarget(targetPath: string, sourcePath: string, sourceSize: number): Promise<PreparedTarget> {
+  const [target, source] = await Promise.all([statOrMissing(targetPath), stat(sourcePath)]);
+  if (target === undefined) {
+    await createSparse(targetPath, sourceSize);
+    return { created: true };
+  }
+  if (target.isDirectory()) {
+    throw new DeviceError(ErrorCode.TARGET_IS_DIRECTORY, targetPath, `target ${targetPath} is a directory; name a file inside it`);
+  }
+  const same = target.isBlockDevice() ? target.rdev === source.rdev : target.dev === source.dev && target.ino === source.ino;
+  if (same) {
+    throw new DeviceError(ErrorCode.SAME_FILE, targetPath, `target ${targetPath} is the source itself (${sourcePath})`);
+  }
+  if (!target.isFile() && !target.isBlockDevice()) {
+    throw new DeviceError(ErrorCode.TARGET_UNWRITABLE, targetPath, `target ${targetPath} is not a regular file or block device`);
+  }
+  // A block device's size is checked when it is opened (stat reports 0 for it).
+  if (target.isFile() && target.size < sourceSize) {
+    throw new DeviceError(
+      ErrorCode.SIZE_MISMATCH,
+      targetPath,
+      `target ${targetPath} (${formatBytes(target.size)}) is smaller than the source (${formatBytes(sourceSize)}); ` +
+        `grow it, or remove it to have it created`,
+    );
+  }
+  return { created: false };
+}
+
+async function createSparse(path: string, size: number): Promise<void> {
+  let handle;
+  try {
+    handle = await open(path, 'wx', 0o644);
+  } catch (err) {
+    const errno = errnoOf(err);
+    throw new DeviceError(ErrorCode.TARGET_UNWRITABLE, path, `target ${path} cannot be created (${errno})`, { cause: err });
+  }
+  try {
+    await handle.truncate(size);
+  } catch (err) {
+    throw toIoError(err, 'truncate', path);
+  } finally {
+    await handle.close();
+  }
+}
+
+/** Refuses a target device (a block device, an NBD export) smaller than the source. */
+export function checkTargetSize(targetPath: string, targetSize: number, sourceSize: number): void {
+  if (targetSize < sourceSize) {
+    throw new DeviceError(
+      ErrorCode.SIZE_MISMATCH,
+      targetPath,
+      `target ${targetPath} (${formatBytes(targetSize)}) is smaller than the source (${formatBytes(sourceSize)})`,
+    );
+  }
+}

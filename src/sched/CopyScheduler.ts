@@ -1,0 +1,169 @@
+import type { DeviceSpec } from '../io/BlockDevice.js';
+import type { CopyTask, CopyTaskResult } from '../workers/CopyTask.js';
+import type { ExtentSource } from './ExtentSource.js';
+import type { RateLimiter } from './RateLimiter.js';
+
+/** A batch the pool finished: its extents and what the worker reported. */
+export interface BatchOutcome {
+  /** offset, length pairs, as handed to the worker. */
+  readonly extents: readonly number[];
+  readonly bytes: number;
+  readonly result: CopyTaskResult;
+}
+
+/** Runs copy tasks: the worker pool, or a stand-in in tests. */
+export interface TaskRunner {
+  run(task: CopyTask): Promise<CopyTaskResult>;
+}
+
+/** What the scheduler copies, from where to where, and how hard. */
+export interface CopySchedulerOptions {
+  readonly pool: TaskRunner;
+  readonly source: DeviceSpec;
+  readonly target: DeviceSpec;
+  /** Largest extent handed to a worker. */
+  chunkSize: number;
+  /** Extents in flight at most, over all workers. */
+  queueDepth: number;
+  /** Extents per task sent to a worker. */
+  batchExtents: number;
+  readonly detectZeroes: boolean;
+  readonly targetIsZero: boolean;
+  readonly limiter: RateLimiter;
+  /** Called on the coordinator thread as each batch finishes. */
+  readonly onBatch: (outcome: BatchOutcome) => void;
+  /** How long to wait for new work when the source has none but is not exhausted. */
+  readonly idleWaitMs?: number;
+}
+
+const DEFAULT_IDLE_WAIT_MS = 50;
+
+/**
+ * The coordinator's dispatch loop: claims extents from an {@link ExtentSource}, groups them into
+ * tasks, keeps at most `queueDepth` extents in flight, honours the rate limit, and reports each
+ * finished batch. Chunk size, depth and batch size may change while it runs (the tuner does).
+ */
+export class CopyScheduler {
+  readonly options: CopySchedulerOptions;
+  #inFlightExtents = 0;
+  #inFlightBytes = 0;
+  #inFlight = new Set<Promise<void>>();
+  #stopped = false;
+  #paused = false;
+  #wake: (() => void) | undefined;
+
+  constructor(options: CopySchedulerOptions) {
+    this.options = options;
+  }
+
+  get inFlightBytes(): number {
+    return this.#inFlightBytes;
+  }
+
+  get inFlightExtents(): number {
+    return this.#inFlightExtents;
+  }
+
+  /** Wakes the loop: new work, a new speed, a resume. */
+  notify(): void {
+    const wake = this.#wake;
+    this.#wake = undefined;
+    wake?.();
+  }
+
+  /** Ends `run` once the batches in flight are done. */
+  stop(): void {
+    this.#stopped = true;
+    this.notify();
+  }
+
+  /** Holds new dispatches (batches in flight finish); `resume` lets them go again. */
+  pause(): void {
+    this.#paused = true;
+  }
+
+  resume(): void {
+    this.#paused = false;
+    this.notify();
+  }
+
+  /** Waits until every batch in flight has finished. */
+  async drain(): Promise<void> {
+    while (this.#inFlight.size > 0) await Promise.all(this.#inFlight);
+  }
+
+  /** Copies until the source is exhausted (or `stop`), then waits for the batches in flight. */
+  async run(source: ExtentSource): Promise<void> {
+    const o = this.options;
+    while (!this.#stopped) {
+      if (this.#paused || this.#inFlightExtents >= o.queueDepth) {
+        await this.#sleep();
+        continue;
+      }
+      const delay = o.limiter.delay(performance.now());
+      if (delay > 0) {
+        await this.#sleep(delay);
+        continue;
+      }
+      const room = Math.min(o.batchExtents, o.queueDepth - this.#inFlightExtents, this.#extentsPerSlice());
+      const extents: number[] = [];
+      const count = source.take(extents, room, o.chunkSize);
+      if (count === 0) {
+        if (source.exhausted) break;
+        await this.#sleep(o.idleWaitMs ?? DEFAULT_IDLE_WAIT_MS);
+        continue;
+      }
+      this.#dispatch(extents, count);
+    }
+    await this.drain();
+  }
+
+  /** Under a rate limit, a task carries no more than one slice's quota (but at least one extent). */
+  #extentsPerSlice(): number {
+    const quota = this.options.limiter.sliceQuota;
+    return Number.isFinite(quota) ? Math.max(1, Math.floor(quota / this.options.chunkSize)) : Number.POSITIVE_INFINITY;
+  }
+
+  #dispatch(extents: number[], count: number): void {
+    const o = this.options;
+    let bytes = 0;
+    for (let i = 1; i < extents.length; i += 2) bytes += extents[i]!;
+    o.limiter.account(bytes, performance.now());
+    this.#inFlightExtents += count;
+    this.#inFlightBytes += bytes;
+    const task = { source: o.source, target: o.target, extents, detectZeroes: o.detectZeroes, targetIsZero: o.targetIsZero };
+    const done = o.pool
+      .run(task)
+      .catch((err: unknown) => workerFailure(count, err))
+      .then((result) => {
+        this.#inFlightExtents -= count;
+        this.#inFlightBytes -= bytes;
+        this.#inFlight.delete(done);
+        o.onBatch({ extents, bytes, result });
+        this.notify();
+      });
+    this.#inFlight.add(done);
+  }
+
+  #sleep(ms?: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = ms === undefined ? undefined : setTimeout(() => this.notify(), ms);
+      this.#wake = () => {
+        if (timer) clearTimeout(timer);
+        resolve();
+      };
+    });
+  }
+}
+
+/** A worker that died mid-task: every extent of its batch failed. */
+function workerFailure(count: number, err: unknown): CopyTaskResult {
+  const message = err instanceof Error ? err.message : String(err);
+  return {
+    bytesWritten: 0,
+    bytesZero: 0,
+    readMicros: new Float64Array(count).fill(NaN),
+    writeMicros: new Float64Array(count).fill(NaN),
+    failures: Array.from({ length: count }, (_, index) => ({ index, operation: 'read' as const, errno: 'EWORKER', message })),
+  };
+}

@@ -1,0 +1,44 @@
+/**
+ * Where the scheduler gets its work. A bulk copy walks the image once; a mirror job drains its
+ * dirty bitmap (clearing bits as it claims them: DESIGN.md invariant 2).
+ */
+export interface ExtentSource {
+  /**
+   * Claims up to `maxExtents` extents of at most `maxBytes` each, appending offset, length pairs
+   * to `out`. Returns how many it appended (0: nothing to do now).
+   */
+  take(out: number[], maxExtents: number, maxBytes: number): number;
+  /** True once `take` will never return more work. A live mirror's source never is. */
+  readonly exhausted: boolean;
+}
+
+/** The whole image, front to back, once: a bulk copy. */
+export class LinearExtentSource implements ExtentSource {
+  readonly #size: number;
+  #next: number;
+
+  constructor(size: number, start = 0) {
+    this.#size = size;
+    this.#next = start;
+  }
+
+  get exhausted(): boolean {
+    return this.#next >= this.#size;
+  }
+
+  /** Bytes not yet handed out. */
+  get remaining(): number {
+    return this.#size - this.#next;
+  }
+
+  take(out: number[], maxExtents: number, maxBytes: number): number {
+    let n = 0;
+    while (n < maxExtents && this.#next < this.#size) {
+      const length = Math.min(maxBytes, this.#size - this.#next);
+      out.push(this.#next, length);
+      this.#next += length;
+      n++;
+    }
+    return n;
+  }
+}

@@ -1,0 +1,69 @@
+import { availableParallelism } from 'node:os';
+import { ErrorCode, InvalidArgumentError } from '../errors.js';
+import { isPowerOfTwo } from '../util/size.js';
+
+/** Default largest extent one copy operation moves (QEMU's mirror caps its operations at 1 MiB too). */
+export const DEFAULT_CHUNK_SIZE = 1 << 20;
+/** Default copy operations in flight (QEMU's mirror allows 16). */
+export const DEFAULT_QUEUE_DEPTH = 16;
+/** Default bytes written between paced flushes of the target (0 turns pacing off). */
+export const DEFAULT_FLUSH_EVERY = 256 << 20;
+/** Smallest and largest chunk a copy may use. */
+export const MIN_CHUNK_SIZE = 4096;
+export const MAX_CHUNK_SIZE = 64 << 20;
+/** Tasks each worker runs at once. */
+export const TASKS_PER_WORKER = 2;
+/** Threads libuv needs beyond one per operation in flight: the flush lane and the coordinator's own I/O. */
+const THREADPOOL_SPARE = 4;
+/** libuv's own ceiling on UV_THREADPOOL_SIZE. */
+const THREADPOOL_MAX = 1024;
+
+/** Default worker threads: one per core, at most 4 (the copy is I/O-bound; workers only dispatch). */
+export function defaultWorkers(): number {
+  return Math.min(4, availableParallelism());
+}
+
+/**
+ * The UV_THREADPOOL_SIZE a process needs for `queueDepth` operations in flight. All file I/O from
+ * every thread runs on libuv's one thread pool (4 threads by default), so an unset pool caps the
+ * effective queue depth at 4. It must be set before the process's first pool use.
+ */
+export function threadpoolSizeFor(queueDepth: number): number {
+  return Math.min(THREADPOOL_MAX, queueDepth + THREADPOOL_SPARE);
+}
+
+/** The knobs every copy shares, checked and with defaults filled in. */
+export interface CopyTuning {
+  readonly chunkSize: number;
+  readonly queueDepth: number;
+  readonly workers: number;
+  readonly speed: number;
+  readonly flushEvery: number;
+}
+
+function positiveInteger(value: number, what: string, min: number, max: number): number {
+  if (!Number.isSafeInteger(value) || value < min || value > max) {
+    throw new InvalidArgumentError(ErrorCode.INVALID_OPTION, `${what} must be a whole number from ${min} to ${max}, not ${value}`);
+  }
+  return value;
+}
+
+/** Validates the copy knobs (throwing `BM_ERR_INVALID_OPTION`) and fills in defaults. */
+export function resolveTuning(options: Partial<CopyTuning>): CopyTuning {
+  const chunkSize = positiveInteger(options.chunkSize ?? DEFAULT_CHUNK_SIZE, 'chunk size', MIN_CHUNK_SIZE, MAX_CHUNK_SIZE);
+  if (!isPowerOfTwo(chunkSize)) {
+    throw new InvalidArgumentError(ErrorCode.INVALID_OPTION, `chunk size must be a power of two, not ${chunkSize}`);
+  }
+  return {
+    chunkSize,
+    queueDepth: positiveInteger(options.queueDepth ?? DEFAULT_QUEUE_DEPTH, 'queue depth', 1, THREADPOOL_MAX - THREADPOOL_SPARE),
+    workers: positiveInteger(options.workers ?? defaultWorkers(), 'workers', 1, 64),
+    speed: positiveInteger(options.speed ?? 0, 'speed', 0, Number.MAX_SAFE_INTEGER),
+    flushEvery: positiveInteger(options.flushEvery ?? DEFAULT_FLUSH_EVERY, 'flush interval', 0, Number.MAX_SAFE_INTEGER),
+  };
+}
+
+/** Extents per task: enough that every worker has `TASKS_PER_WORKER` tasks when the queue is full. */
+export function batchExtentsFor(queueDepth: number, workers: number): number {
+  return Math.max(1, Math.ceil(queueDepth / (workers * TASKS_PER_WORKER)));
+}

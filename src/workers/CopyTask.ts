@@ -1,0 +1,39 @@
+import type { DeviceSpec } from '../io/BlockDevice.js';
+
+/**
+ * One message to a copy worker: a batch of extents, since each task that crosses threads costs
+ * about 10 µs. Plain data only (it is structured-cloned).
+ */
+export interface CopyTask {
+  readonly source: DeviceSpec;
+  readonly target: DeviceSpec;
+  /** Extents to copy, flat: offset, length, offset, length... Each is at most one chunk. */
+  readonly extents: readonly number[];
+  /** Look for all-zero chunks (off: every chunk is written as data). */
+  readonly detectZeroes: boolean;
+  /** The target is known to read as zeros over these extents (a fresh file): a zero chunk is skipped unseen. */
+  readonly targetIsZero: boolean;
+}
+
+/** An extent of a task that failed; the others in the task still ran. */
+export interface CopyFailure {
+  /** Which extent of the task (0-based). */
+  readonly index: number;
+  readonly operation: 'read' | 'write';
+  /** errno name (`EIO`, `ENOSPC`...). */
+  readonly errno: string;
+  readonly message: string;
+}
+
+/** What a copy worker reports for a task. */
+export interface CopyTaskResult {
+  /** Bytes written to the target as data or zeroes. */
+  readonly bytesWritten: number;
+  /** Bytes of all-zero chunks (skipped, or zeroed without moving data). */
+  readonly bytesZero: number;
+  /** Per extent: microseconds the source read took (NaN where it did not run). */
+  readonly readMicros: Float64Array;
+  /** Per extent: microseconds the target write took (0 where nothing was written, NaN where it did not run). */
+  readonly writeMicros: Float64Array;
+  readonly failures: readonly CopyFailure[];
+}
