@@ -1,0 +1,135 @@
+import { describe, expect, it } from 'vitest';
+import { CopyScheduler, type BatchOutcome, type TaskRunner } from '../../src/sched/CopyScheduler.js';
+import { LinearExtentSource } from '../../src/sched/ExtentSource.js';
+import { RateLimiter } from '../../src/sched/RateLimiter.js';
+import type { CopyTask, CopyTaskResult } from '../../src/workers/CopyTask.js';
+
+const FILE = { kind: 'file', path: '/dev/null' } as const;
+
+function okResult(task: CopyTask): CopyTaskResult {
+  const n = task.extents.length / 2;
+  let bytes = 0;
+  for (let i = 1; i < task.extents.length; i += 2) bytes += task.extents[i]!;
+  return { bytesWritten: bytes, bytesZero: 0, readMicros: new Float64Array(n), writeMicros: new Float64Array(n), failures: [] };
+}
+
+/** A runner that finishes tasks when told to, recording what was in flight. */
+class HeldRunner implements TaskRunner {
+  readonly tasks: CopyTask[] = [];
+  readonly #waiting: Array<() => void> = [];
+  maxInFlight = 0;
+  #inFlight = 0;
+  run(task: CopyTask): Promise<CopyTaskResult> {
+    this.tasks.push(task);
+    this.#inFlight += task.extents.length / 2;
+    this.maxInFlight = Math.max(this.maxInFlight, this.#inFlight);
+    return new Promise((resolve) =>
+      this.#waiting.push(() => {
+        this.#inFlight -= task.extents.length / 2;
+        resolve(okResult(task));
+      }),
+    );
+  }
+  /** Finishes every task in flight, repeatedly, until `done` settles. */
+  async finishAll(done: Promise<void>): Promise<void> {
+    let settled = false;
+    void done.then(() => (settled = true));
+    while (!settled) {
+      this.#waiting.splice(0).forEach((f) => f());
+      await new Promise((r) => setImmediate(r));
+    }
+  }
+}
+
+function scheduler(runner: TaskRunner, overrides: Partial<ConstructorParameters<typeof CopyScheduler>[0]> = {}, seen: BatchOutcome[] = []) {
+  return new CopyScheduler({
+    pool: runner,
+    source: FILE,
+    target: FILE,
+    chunkSize: 1024,
+    queueDepth: 8,
+    batchExtents: 2,
+    detectZeroes: true,
+    targetIsZero: false,
+    limiter: new RateLimiter(0),
+    onBatch: (o) => seen.push(o),
+    ...overrides,
+  });
+}
+
+describe('CopyScheduler', () => {
+  it('hands out every byte of the source exactly once', async () => {
+    const runner = new HeldRunner();
+    const seen: BatchOutcome[] = [];
+    const s = scheduler(runner, {}, seen);
+    const done = s.run(new LinearExtentSource(10_000));
+    await runner.finishAll(done);
+    const extents = seen.flatMap((o) => [...o.extents]);
+    const pairs = [];
+    for (let i = 0; i < extents.length; i += 2) pairs.push([extents[i]!, extents[i + 1]!]);
+    pairs.sort((a, b) => a[0]! - b[0]!);
+    let next = 0;
+    for (const [off, len] of pairs) {
+      expect(off).toBe(next);
+      expect(len).toBeLessThanOrEqual(1024);
+      next = off! + len!;
+    }
+    expect(next).toBe(10_000);
+  });
+
+  it('never has more extents in flight than the queue depth', async () => {
+    const runner = new HeldRunner();
+    const s = scheduler(runner, { queueDepth: 5, batchExtents: 2 });
+    const done = s.run(new LinearExtentSource(100 * 1024));
+    await runner.finishAll(done);
+    expect(runner.maxInFlight).toBe(5);
+  });
+
+  it('puts no more than batchExtents extents in one task', async () => {
+    const runner = new HeldRunner();
+    const s = scheduler(runner, { queueDepth: 64, batchExtents: 3 });
+    await runner.finishAll(s.run(new LinearExtentSource(50 * 1024)));
+    expect(Math.max(...runner.tasks.map((t) => t.extents.length / 2))).toBe(3);
+  });
+
+  it('under a rate limit sends no more than a slice quota per task', async () => {
+    const runner = new HeldRunner();
+    // 20 KiB/s: a 100 ms slice is 2 KiB, so two 1 KiB extents per task.
+    const s = scheduler(runner, { queueDepth: 64, batchExtents: 16, limiter: new RateLimiter(20 * 1024) });
+    const done = s.run(new LinearExtentSource(8 * 1024));
+    await runner.finishAll(done);
+    expect(Math.max(...runner.tasks.map((t) => t.extents.length / 2))).toBe(2);
+  });
+
+  it('reports every extent of a task whose worker died as failed', async () => {
+    const seen: BatchOutcome[] = [];
+    const s = scheduler({ run: () => Promise.reject(new Error('worker exited')) }, { batchExtents: 4 }, seen);
+    await s.run(new LinearExtentSource(4096));
+    expect(seen).toHaveLength(1);
+    expect(seen[0]!.result.failures.map((f) => f.index)).toEqual([0, 1, 2, 3]);
+  });
+
+  it('dispatches nothing while paused and resumes on resume', async () => {
+    const runner = new HeldRunner();
+    const s = scheduler(runner);
+    s.pause();
+    const done = s.run(new LinearExtentSource(4096));
+    await new Promise((r) => setTimeout(r, 20));
+    expect(runner.tasks).toHaveLength(0);
+    s.resume();
+    await runner.finishAll(done);
+    expect(runner.tasks.length).toBeGreaterThan(0);
+  });
+
+  it('stops handing out work after stop and waits for the tasks in flight', async () => {
+    const runner = new HeldRunner();
+    const seen: BatchOutcome[] = [];
+    const s = scheduler(runner, { queueDepth: 2, batchExtents: 2 }, seen);
+    const done = s.run(new LinearExtentSource(1 << 20));
+    await new Promise((r) => setImmediate(r));
+    s.stop();
+    await runner.finishAll(done);
+    expect(seen).toHaveLength(runner.tasks.length);
+    expect(runner.tasks.length).toBeLessThan(10);
+  });
+});
