@@ -48,6 +48,7 @@ import {
   optionName,
   optionReplyName,
   readUInt64,
+  u32,
 } from './protocol.js';
 import { SocketReader } from './SocketReader.js';
 
@@ -213,12 +214,6 @@ function nameAndQueries(exportName: string, queries: readonly string[]): Buffer 
     parts.push(u32(b.length), b);
   }
   return Buffer.concat(parts);
-}
-
-function u32(value: number): Buffer {
-  const b = Buffer.allocUnsafe(4);
-  b.writeUInt32BE(value);
-  return b;
 }
 
 /** Returns whether the server agreed to structured replies. */

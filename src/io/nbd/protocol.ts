@@ -229,3 +229,17 @@ export function writeUInt64(buf: Buffer, value: number, at: number): void {
   buf.writeUInt32BE(Math.floor(value / 2 ** 32), at);
   buf.writeUInt32BE(value >>> 0, at + 4);
 }
+
+/** A 32-bit big-endian field, for building option data. */
+export function u32(value: number): Buffer {
+  const b = Buffer.allocUnsafe(4);
+  b.writeUInt32BE(value);
+  return b;
+}
+
+/** A 16-bit big-endian field, for building option data. */
+export function u16(value: number): Buffer {
+  const b = Buffer.allocUnsafe(2);
+  b.writeUInt16BE(value);
+  return b;
+}
