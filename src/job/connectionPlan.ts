@@ -12,12 +12,14 @@ import { NbdDevice } from '../io/nbd/NbdDevice.js';
  *   when its first client leaves. A second connection to a default qemu-nbd is accepted by the
  *   kernel and then never greeted; a connection opened after a probe finds no server at all.
  *
- * So a copy that touches an NBD export runs on the coordinator's own connection: the devices the
- * coordinator opened to check sizes and flags are the ones the copy uses (an
- * {@link InlineCopyRunner}), and the final flush goes through the same connection as every write.
- * One connection per export, whatever the server's limits; the I/O stays asynchronous and
- * pipelined (queue depth requests in flight), which is what an NBD copy needs. Measured against
- * a worker per connection in docs/perf.md ("NBD").
+ * So a copy that touches an NBD export runs on the coordinator's own devices: the ones it opened
+ * to check sizes and flags are the ones the copy uses (an {@link InlineCopyRunner}), so the final
+ * flush goes through the very device every write went through. An {@link NbdDevice} uses one
+ * connection, or, where the export advertises multi-conn, spreads its requests over a few (and
+ * gives up on those a server at its limit never greets). The I/O stays asynchronous and
+ * pipelined (queue depth requests in flight); a CPU profile of a 1 GiB copy into qemu-nbd shows
+ * the coordinator thread idle about 80% of the time, so worker threads would add nothing but
+ * connections. Measurements in docs/perf.md ("NBD").
  */
 export interface ConnectionPlan {
   /** Copy on the coordinator's own open devices instead of a worker pool. */
@@ -30,6 +32,6 @@ export function planConnections(source: BlockDevice, target: BlockDevice): Conne
   const nbd = [source, target].find((d) => d instanceof NbdDevice);
   return {
     inline: nbd !== undefined,
-    note: nbd ? `one connection to ${nbd.description}, used by the coordinator thread` : undefined,
+    note: nbd ? `copied by the coordinator thread on its own connection(s) to ${nbd.description}, not by worker threads` : undefined,
   };
 }

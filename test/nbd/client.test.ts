@@ -79,6 +79,32 @@ describe.skipIf(missing('qemu-nbd', 'qemu-img').length > 0)('client against qemu
     await expect(copyImage(join(dir, 'src.img'), unixUri(sock))).rejects.toMatchObject({ code: ErrorCode.SIZE_MISMATCH });
   });
 
+  it('uses one connection unless the export advertises multi-conn, then several, within the server limit', async () => {
+    const dir = await scratch();
+    const image = join(dir, 'img');
+    await writeRandomFile(image, 4 * MiB);
+    const single = join(dir, 'one.sock');
+    await peers.qemuNbd([`--socket=${single}`, '-f', 'raw', '--persistent', image]);
+    const one = await NbdDevice.open({ kind: 'nbd', uri: unixUri(single), writable: true });
+    await new Promise((r) => setTimeout(r, 100));
+    expect([one.canMultiConn, one.connections]).toEqual([false, 1]);
+    await one.close();
+    // --shared=2: multi-conn, but a third client would never be greeted. The device makes do with two,
+    // and closing does not wait for the connection the server keeps waiting.
+    const two = join(dir, 'two.sock');
+    await peers.qemuNbd([`--socket=${two}`, '-f', 'raw', '--persistent', '--shared=2', image]);
+    const dev = await NbdDevice.open({ kind: 'nbd', uri: unixUri(two), writable: true });
+    await new Promise((r) => setTimeout(r, 200));
+    expect([dev.canMultiConn, dev.connections]).toEqual([true, 2]);
+    const data = Buffer.alloc(2 * MiB, 0x3c);
+    await Promise.all([dev.write(data.subarray(0, MiB), 0), dev.write(data.subarray(MiB), MiB)]);
+    await dev.flush();
+    const t0 = performance.now();
+    await dev.close();
+    expect(performance.now() - t0).toBeLessThan(1000);
+    expect((await readFile(image)).subarray(0, 2 * MiB).equals(data)).toBe(true);
+  });
+
   it('names a missing export and a missing server with their own error codes', async () => {
     const dir = await scratch();
     await writeRandomFile(join(dir, 'img'), MiB);
@@ -120,6 +146,21 @@ describe.skipIf(missing('nbdkit', 'qemu-img').length > 0)('client against nbdkit
     expect(await imagesIdentical(out, unixUri(sock))).toBe(true);
     expect(result.bytesZero).toBeGreaterThan(16 * MiB);
     expect(read).toBe(32 * MiB - result.bytesZero); // every chunk read held data; no hole was read
+  });
+
+  it('copies from one NBD export to another (nbdkit sparse-random into qemu-nbd)', async () => {
+    if (missing('qemu-nbd').length > 0) return;
+    const dir = await scratch();
+    const from = join(dir, 'from.sock');
+    await peers.nbdkit(['-U', from, 'sparse-random', '16M', 'seed=3']);
+    const dst = join(dir, 'dst.img');
+    await writeRandomFile(dst, 16 * MiB);
+    const to = join(dir, 'to.sock');
+    await peers.qemuNbd([`--socket=${to}`, '-f', 'raw', dst]);
+    const result = await copyImage(unixUri(from), unixUri(to));
+    expect(result.bytes).toBe(16 * MiB);
+    expect(await imagesIdentical(dst, unixUri(from))).toBe(true);
+    await expect(copyImage(unixUri(from), unixUri(from))).rejects.toMatchObject({ code: ErrorCode.SAME_FILE });
   });
 
   it('matches many replies to their requests by cookie, in whatever order they come', async () => {

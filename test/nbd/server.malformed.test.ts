@@ -75,7 +75,7 @@ async function client(socket: string): Promise<RawNbdClient> {
 
 /** Another client can still open the export and read from it. */
 async function stillServes(socket: string): Promise<void> {
-  const dev = await NbdDevice.open(`nbd+unix:///disk?socket=${socket}`);
+  const dev = await NbdDevice.open(`nbd+unix:///disk?socket=${socket}`, { connections: 1 });
   const buf = Buffer.alloc(4096);
   await dev.read(buf, 0);
   expect(buf[0]).toBe(0x11);
@@ -274,7 +274,7 @@ describe('NBD server: transmission input', () => {
   it('serves several clients at once, each with requests in flight', async () => {
     const { socket, disk } = await start();
     disk.data.forEach((_, i) => (disk.data[i] = i & 0xff));
-    const devices = await Promise.all(Array.from({ length: 4 }, () => NbdDevice.open(`nbd+unix:///disk?socket=${socket}`)));
+    const devices = await Promise.all(Array.from({ length: 4 }, () => NbdDevice.open(`nbd+unix:///disk?socket=${socket}`, { connections: 1 })));
     await Promise.all(
       devices.map(async (dev, d) => {
         const bufs = Array.from({ length: 16 }, () => Buffer.alloc(8192));

@@ -69,6 +69,8 @@ export interface NbdConnectOptions {
    * says nothing; this turns that wait into an error.
    */
   readonly handshakeTimeoutMs?: number;
+  /** Aborting gives up on the connection (and the handshake) at once. */
+  readonly signal?: AbortSignal;
 }
 
 /** A socket in the transmission phase, with what was negotiated. */
@@ -114,20 +116,21 @@ export function openSocket(address: NbdAddress): Promise<Socket> {
   });
 }
 
-/** Runs `work` on a fresh connection, failing it if the handshake outlasts its timeout. */
+/** Runs `work` on a fresh connection, failing it if the handshake outlasts its timeout or is aborted. */
 async function withHandshakeSocket<T>(
   address: NbdAddress,
-  timeoutMs: number,
+  options: Pick<NbdConnectOptions, 'handshakeTimeoutMs' | 'signal'>,
   work: (socket: Socket, reader: SocketReader) => Promise<T>,
 ): Promise<T> {
+  const timeoutMs = options.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
+  options.signal?.throwIfAborted();
   const socket = await openSocket(address);
-  const reader = new SocketReader(socket);
-  // Errors after this point surface through the reader; keep the socket from throwing uncaught.
-  const swallow = (): void => {};
-  socket.on('error', swallow);
+  const reader = new SocketReader(socket); // it also keeps socket errors from being thrown uncaught
   const timer = setTimeout(() => {
     socket.destroy(connectionError(address, `no handshake within ${timeoutMs / 1000} s (is the server at its connection limit?)`));
   }, timeoutMs);
+  const onAbort = (): void => void socket.destroy(connectionError(address, 'connection attempt abandoned'));
+  options.signal?.addEventListener('abort', onAbort, { once: true });
   try {
     return await work(socket, reader);
   } catch (err) {
@@ -138,7 +141,7 @@ async function withHandshakeSocket<T>(
     throw connectionError(address, `connection lost during the handshake (${(reason as Error).message ?? String(reason)})`, reason);
   } finally {
     clearTimeout(timer);
-    socket.off('error', swallow);
+    options.signal?.removeEventListener('abort', onAbort);
   }
 }
 
@@ -323,10 +326,9 @@ function checkBlockSizes(address: NbdAddress, [min, preferred, max]: readonly [n
  * `BM_ERR_NBD_PROTOCOL`, `BM_ERR_NBD_UNSUPPORTED` (oldstyle, TLS).
  */
 export async function connectAndNegotiate(address: NbdAddress, options: NbdConnectOptions = {}): Promise<NegotiatedSocket> {
-  const timeout = options.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
   let reader!: SocketReader;
   let socket!: Socket;
-  const info = await withHandshakeSocket(address, timeout, async (s, r) => {
+  const info = await withHandshakeSocket(address, options, async (s, r) => {
     socket = s;
     reader = r;
     const { fixed, noZeroes } = await greet(address, s, r);
@@ -358,8 +360,11 @@ export async function connectAndNegotiate(address: NbdAddress, options: NbdConne
 }
 
 /** Lists a server's exports (NBD_OPT_LIST), then leaves politely (NBD_OPT_ABORT). */
-export async function listNbdExports(address: NbdAddress, options: Pick<NbdConnectOptions, 'handshakeTimeoutMs'> = {}): Promise<NbdExportListing[]> {
-  return withHandshakeSocket(address, options.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS, async (socket, reader) => {
+export async function listNbdExports(
+  address: NbdAddress,
+  options: Pick<NbdConnectOptions, 'handshakeTimeoutMs' | 'signal'> = {},
+): Promise<NbdExportListing[]> {
+  return withHandshakeSocket(address, options, async (socket, reader) => {
     const { fixed } = await greet(address, socket, reader);
     if (!fixed) throw new NbdError(ErrorCode.NBD_UNSUPPORTED, `NBD server ${formatNbdUri(address)} cannot list its exports (not fixed newstyle)`);
     sendOption(socket, NBD_OPT_LIST);

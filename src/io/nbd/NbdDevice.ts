@@ -11,10 +11,19 @@ import {
   isReadOnly,
   type NbdExportInfo,
 } from './NbdExportInfo.js';
+import { allocSkewedBuffer } from '../../util/skewedBuffer.js';
 import { formatNbdUri, parseNbdUri, type NbdAddress } from './NbdUri.js';
 
 /** Largest WRITE_ZEROES or TRIM sent when the server sets no maximum: a power of two, so pieces stay aligned. */
 const MAX_UNBOUNDED_REQUEST = 1 << 30;
+/** Connections to an export that advertises multi-conn, unless told otherwise (nbdcopy's default too). */
+export const DEFAULT_NBD_CONNECTIONS = 4;
+/**
+ * Time an extra connection may take to be greeted. A server at its connection limit (qemu-nbd
+ * --shared=2 with a third client) accepts and then says nothing; such connections are dropped
+ * and the device carries on with those it has.
+ */
+const EXTRA_CONNECTION_TIMEOUT_MS = 3000;
 /** Zeros are written from one shared buffer when the server has no WRITE_ZEROES. */
 let zeroBuffer: Buffer | undefined;
 
@@ -25,19 +34,27 @@ export interface NbdDeviceOptions extends NbdConnectOptions {
    * Requests in flight when it is lost still fail, at once, with ECONNRESET.
    */
   readonly autoReconnect?: boolean;
+  /**
+   * Connections to open when the export advertises NBD_FLAG_CAN_MULTI_CONN (default 4; the
+   * first is used at once, the others join as they are greeted). Without multi-conn the device
+   * always uses exactly one: proto.md says a client SHOULD NOT spread requests over several, and
+   * a flush would only cover its own connection's writes.
+   */
+  readonly connections?: number;
 }
 
 /**
- * An NBD export as a {@link BlockDevice}: the engine's requests become NBD requests on one
- * connection, pipelined. Requests are split to the server's maximum block size and, where they
+ * An NBD export as a {@link BlockDevice}: the engine's requests become NBD requests, pipelined,
+ * on one connection, or spread over several (each request to the least busy) where the server
+ * advertises multi-conn. Requests are split to the server's maximum block size and, where they
  * are not aligned to its minimum block size, widened by read-modify-write (not atomic against a
  * concurrent overlapping write, which the copy engine never issues). Zero chunks use
  * WRITE_ZEROES where the server has it, discards TRIM, and `blockStatus` reads `base:allocation`.
  *
- * Durability: `flush` covers the writes this connection made. When the connection is lost with
- * writes the server acknowledged but did not flush, the next `flush` fails with EIO (once), since
- * those writes may never reach stable storage. Whether a flush here also covers writes other
- * connections made is {@link NbdDevice.canMultiConn}.
+ * Durability: `flush` covers every write this device completed before it was called (on a
+ * multi-conn export a flush on one connection covers them all; otherwise there is only one).
+ * When a connection is lost with writes the server acknowledged but did not flush, the next
+ * `flush` fails with EIO (once), since those writes may never reach stable storage.
  */
 export class NbdDevice implements BlockDevice {
   readonly description: string;
@@ -53,26 +70,31 @@ export class NbdDevice implements BlockDevice {
   readonly preferredBlockSize: number;
   /** True when a flush on any connection to this export covers writes made on every other one (NBD_FLAG_CAN_MULTI_CONN). */
   readonly canMultiConn: boolean;
-  /** Connections opened after the first one was lost. */
+  /** Times the device opened a new first connection after losing all it had. */
   reconnects = 0;
   readonly #address: NbdAddress;
   readonly #options: NbdDeviceOptions;
   readonly #writable: boolean;
   readonly #maxUnpayloaded: number;
-  #connection: NbdConnection;
+  /** Live connections; the first is the one the device was opened (or last reopened) with. */
+  #connections: NbdConnection[];
   #reopening: Promise<NbdConnection> | undefined;
-  /** Writes the server acknowledged on the current connection since its last flush. */
-  #unflushedWrites = 0;
+  /** Extra connections being opened in the background, and how to give up on them. */
+  #growth: { readonly done: Promise<void>; readonly abort: AbortController } | undefined;
+  /** Per connection: writes the server acknowledged since the last flush that covered them. */
+  readonly #unflushed = new Map<NbdConnection, number>();
   /** A connection was lost with acknowledged, unflushed writes: the next flush must say so. */
   #writesLost = false;
   #closed = false;
+  #info: NbdExportInfo;
 
   private constructor(address: NbdAddress, connection: NbdConnection, writable: boolean, options: NbdDeviceOptions) {
     const info = connection.info;
     this.#address = address;
     this.#options = options;
     this.#writable = writable;
-    this.#connection = connection;
+    this.#connections = [];
+    this.#info = info;
     this.description = formatNbdUri(address);
     this.size = info.size;
     this.readOnly = !writable;
@@ -83,6 +105,8 @@ export class NbdDevice implements BlockDevice {
       info.blockSizeAdvertised && info.maxBlockSize !== 0xffff_ffff ? info.maxBlockSize : alignDown(MAX_UNBOUNDED_REQUEST, info.minBlockSize);
     this.efficientZeroes = canWriteZeroes(info);
     this.canMultiConn = canMultiConn(info);
+    this.#adopt(connection);
+    this.#grow();
   }
 
   /**
@@ -104,12 +128,17 @@ export class NbdDevice implements BlockDevice {
         `${role} ${formatNbdUri(address)} is a read-only NBD export; it cannot be written`,
       );
     }
-    return new NbdDevice(address, connection, writable, options);
+    return new NbdDevice(address, connection, writable, { ...options, allocation: options.allocation ?? !writable });
+  }
+
+  /** Connections in use now (more than one only on a multi-conn export). */
+  get connections(): number {
+    return this.#connections.length;
   }
 
   /** What the handshake settled (size, flags, block sizes, structured replies, base:allocation). */
   get info(): NbdExportInfo {
-    return this.#connection.info;
+    return this.#info;
   }
 
   async read(buf: Uint8Array, offset: number): Promise<void> {
@@ -176,15 +205,17 @@ export class NbdDevice implements BlockDevice {
   async flush(): Promise<void> {
     if (!canFlush(this.info)) return; // the server has no volatile cache to flush
     const conn = await this.#connectionFor('flush');
-    const covering = this.#unflushedWrites;
+    // The writes acknowledged so far are the ones this flush covers: on every connection with
+    // multi-conn, and without it there is only the one.
+    const covered = new Map(this.#unflushed);
     await conn.flush();
-    if (conn === this.#connection) this.#unflushedWrites = Math.max(0, this.#unflushedWrites - covering);
+    for (const [c, n] of covered) if (this.#unflushed.has(c)) this.#unflushed.set(c, Math.max(0, this.#unflushed.get(c)! - n));
     if (this.#writesLost) {
       this.#writesLost = false;
       throw new IoError(
         'EIO',
         'flush',
-        `flush of ${this.description}: the connection was lost after the server acknowledged writes it had not flushed; ` +
+        `flush of ${this.description}: a connection was lost after the server acknowledged writes it had not flushed; ` +
           `they may not be on stable storage`,
       );
     }
@@ -211,46 +242,93 @@ export class NbdDevice implements BlockDevice {
     return out.length > 0 ? out : [{ length, hole: false, zero: false }];
   }
 
+  /** Skewed off page alignment: a file source reads into these from the page cache, which is much faster so. */
   async allocBuffer(size: number): Promise<Buffer> {
-    return Buffer.allocUnsafeSlow(size);
+    return allocSkewedBuffer(size);
   }
 
   /**
-   * Drops the current connection (if up) and opens a new one, checking the export is the same
-   * size. Requests in flight on the old connection fail with ECONNRESET.
+   * Drops every connection and opens a new one, checking the export is the same size (and, on
+   * a multi-conn export, opens the others again). Requests in flight fail with ECONNRESET.
    */
   async reconnect(): Promise<void> {
-    this.#connection.destroy('dropped for a reconnect');
+    await this.#stopGrowing();
+    for (const c of [...this.#connections]) c.destroy('dropped for a reconnect');
     await this.#connectionFor('open');
   }
 
-  /** Leaves cleanly (NBD_CMD_DISC after the requests in flight). Safe to call twice. */
+  /** Leaves cleanly (NBD_CMD_DISC on each connection after its requests in flight). Safe to call twice. */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    await this.#connection.close();
+    await this.#stopGrowing();
+    await Promise.all(this.#connections.map((c) => c.close()));
   }
 
-  /** The live connection, reopened if it was lost (once for all callers that find it lost). */
+  /** Starts using a connection: requests go to it, and losing it with unflushed writes is remembered. */
+  #adopt(conn: NbdConnection): void {
+    this.#connections.push(conn);
+    this.#unflushed.set(conn, 0);
+    conn.onLost(() => {
+      this.#connections = this.#connections.filter((c) => c !== conn);
+      if ((this.#unflushed.get(conn) ?? 0) > 0) this.#writesLost = true;
+      this.#unflushed.delete(conn);
+    });
+  }
+
+  /** On a multi-conn export, opens the extra connections in the background; requests use them as they arrive. */
+  #grow(): void {
+    const wanted = this.canMultiConn ? Math.max(1, this.#options.connections ?? DEFAULT_NBD_CONNECTIONS) - this.#connections.length : 0;
+    if (wanted <= 0) return;
+    const abort = new AbortController();
+    const first = this.#connections[0]!.info;
+    const one = async (): Promise<void> => {
+      try {
+        const conn = await NbdConnection.open(this.#address, {
+          ...this.#options,
+          handshakeTimeoutMs: Math.min(this.#options.handshakeTimeoutMs ?? EXTRA_CONNECTION_TIMEOUT_MS, EXTRA_CONNECTION_TIMEOUT_MS),
+          signal: abort.signal,
+        });
+        const same = conn.info.size === first.size && conn.info.transmissionFlags === first.transmissionFlags;
+        if (this.#closed || abort.signal.aborted || !same) await conn.close();
+        else this.#adopt(conn);
+      } catch {
+        // A server may take fewer connections than we ask for: carry on with those we have.
+      }
+    };
+    this.#growth = { abort, done: Promise.all(Array.from({ length: wanted }, one)).then(() => undefined) };
+  }
+
+  async #stopGrowing(): Promise<void> {
+    const growth = this.#growth;
+    this.#growth = undefined;
+    growth?.abort.abort();
+    await growth?.done;
+  }
+
+  /** A live connection (the least busy), reopening one if all were lost (once for all callers that find them lost). */
   async #connectionFor(operation: IoOperation): Promise<NbdConnection> {
     if (this.#closed) throw new IoError('EBADF', operation, `${this.description} is closed`);
-    const current = this.#connection;
-    if (!current.lost) return current;
-    if (this.#unflushedWrites > 0) {
-      this.#writesLost = true;
-      this.#unflushedWrites = 0;
-    }
+    const live = this.#pick();
+    if (live) return live;
     if (this.#options.autoReconnect === false) {
-      throw new IoError('ECONNRESET', operation, `${this.description}: ${current.lost.message}`, { cause: current.lost });
+      throw new IoError('ECONNRESET', operation, `${this.description}: the connection was lost`);
     }
     this.#reopening ??= this.#reopen(operation).finally(() => (this.#reopening = undefined));
     return this.#reopening;
   }
 
+  /** The live connection with the fewest requests in flight. */
+  #pick(): NbdConnection | undefined {
+    let best: NbdConnection | undefined;
+    for (const c of this.#connections) if (!c.lost && (!best || c.inFlight < best.inFlight)) best = c;
+    return best;
+  }
+
   async #reopen(operation: IoOperation): Promise<NbdConnection> {
     let conn: NbdConnection;
     try {
-      conn = await NbdConnection.open(this.#address, { ...this.#options, allocation: this.#connection.info.allocationContextId !== undefined });
+      conn = await NbdConnection.open(this.#address, this.#options);
     } catch (err) {
       const errno = (err as { cause?: { code?: string } }).cause?.code ?? 'ECONNRESET';
       throw new IoError(/^E[A-Z0-9]+$/.test(errno) ? errno : 'ECONNRESET', operation, `reconnecting to ${this.description} failed: ${(err as Error).message}`, {
@@ -265,8 +343,10 @@ export class NbdDevice implements BlockDevice {
         cause: new NbdError(ErrorCode.NBD_CONNECTION, `export changed across a reconnect: ${changed}`),
       });
     }
-    this.#connection = conn;
+    this.#info = conn.info;
+    this.#adopt(conn);
     this.reconnects++;
+    this.#grow();
     return conn;
   }
 
@@ -281,14 +361,15 @@ export class NbdDevice implements BlockDevice {
     const conn = await this.#connectionFor(operation);
     if (length <= max) return send(conn, offset, length);
     const parts: Promise<void>[] = [];
-    for (let at = offset; at < offset + length; at += max) parts.push(send(conn, at, Math.min(max, offset + length - at)));
+    for (let at = offset; at < offset + length; at += max) parts.push(send(this.#pick() ?? conn, at, Math.min(max, offset + length - at)));
     await Promise.all(parts);
   }
 
   /** Counts a write once the server acknowledges it, so a lost connection knows whether unflushed data went with it. */
   async #counted(conn: NbdConnection, request: Promise<void>): Promise<void> {
     await request;
-    if (conn === this.#connection) this.#unflushedWrites++;
+    const n = this.#unflushed.get(conn);
+    if (n !== undefined) this.#unflushed.set(conn, n + 1);
   }
 
   #aligned(offset: number, length: number): boolean {

@@ -1,5 +1,6 @@
 import type { Socket } from 'node:net';
 import { errnoOf } from '../../errors.js';
+import { allocSkewedBuffer } from '../../util/skewedBuffer.js';
 import type { BlockDevice } from '../BlockDevice.js';
 import {
   BASE_ALLOCATION,
@@ -389,7 +390,7 @@ export class NbdServerSession {
       switch (command) {
         case NBD_CMD_READ: {
           this.#checkRange(exp, offset, length, true);
-          const data = Buffer.allocUnsafe(length);
+          const data = allocSkewedBuffer(length); // a file device reads into it from the page cache (see skewedBuffer.ts)
           if (length > 0) await device.read(data, offset);
           this.#readReply(cookie, offset, data);
           return;
