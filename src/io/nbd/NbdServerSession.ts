@@ -1,6 +1,7 @@
 import type { Socket } from 'node:net';
 import { errnoOf } from '../../errors.js';
 import { allocSkewedBuffer } from '../../util/skewedBuffer.js';
+import { BufferPool } from '../../workers/BufferPool.js';
 import type { BlockDevice } from '../BlockDevice.js';
 import {
   BASE_ALLOCATION,
@@ -141,6 +142,8 @@ export class NbdServerSession {
   #export: ServedExport | undefined;
   #allocationSelected = false;
   #inFlight = 0;
+  /** READ buffers, reused once the socket has sent them (a fresh one per request costs page faults). */
+  readonly #readBuffers = new BufferPool(async (bytes) => allocSkewedBuffer(bytes));
   /** Waiting for room or for the requests in progress to finish; woken on every change. */
   #waiters: (() => void)[] = [];
   #stopping = false;
@@ -390,9 +393,15 @@ export class NbdServerSession {
       switch (command) {
         case NBD_CMD_READ: {
           this.#checkRange(exp, offset, length, true);
-          const data = allocSkewedBuffer(length); // a file device reads into it from the page cache (see skewedBuffer.ts)
-          if (length > 0) await device.read(data, offset);
-          this.#readReply(cookie, offset, data);
+          const data = await this.#readBuffers.take(length);
+          try {
+            if (length > 0) await device.read(data, offset);
+          } catch (err) {
+            this.#readBuffers.give(data);
+            throw err;
+          }
+          // The buffer goes back to the pool once the socket has handed it to the kernel.
+          this.#readReply(cookie, offset, data, () => this.#readBuffers.give(data));
           return;
         }
         case NBD_CMD_WRITE:
@@ -462,18 +471,22 @@ export class NbdServerSession {
     this.#send(header);
   }
 
-  #readReply(cookie: Buffer, offset: number, data: Buffer): void {
+  /** The data of a READ; `sent` runs once the socket no longer needs `data` (or never will). */
+  #readReply(cookie: Buffer, offset: number, data: Buffer, sent: () => void): void {
     if (!this.#structured) {
       const header = Buffer.allocUnsafe(SIMPLE_REPLY_HEADER_BYTES);
       header.writeUInt32BE(NBD_SIMPLE_REPLY_MAGIC, 0);
       header.writeUInt32BE(0, 4);
       cookie.copy(header, 8);
-      return this.#send(header, data);
+      return this.#send(header, data, sent);
     }
-    if (data.length === 0) return this.#chunk(cookie, NBD_REPLY_TYPE_NONE, EMPTY);
+    if (data.length === 0) {
+      sent();
+      return this.#chunk(cookie, NBD_REPLY_TYPE_NONE, EMPTY);
+    }
     const header = this.#chunkHeader(cookie, NBD_REPLY_TYPE_OFFSET_DATA, 8 + data.length, 8);
     writeUInt64(header, offset, STRUCTURED_REPLY_HEADER_BYTES);
-    this.#send(header, data);
+    this.#send(header, data, sent);
   }
 
   #blockStatusReply(cookie: Buffer, extents: readonly StatusExtent[]): void {
@@ -501,16 +514,20 @@ export class NbdServerSession {
     return header;
   }
 
-  /** Header and body in one writev, without copying the body. */
-  #send(header: Buffer, body?: Buffer): void {
-    if (this.#socket.destroyed) return; // the client left; its answers have nowhere to go
+  /** Header and body in one writev, without copying the body; `sent` runs when the body's memory is free again. */
+  #send(header: Buffer, body?: Buffer, sent?: () => void): void {
+    if (this.#socket.destroyed) {
+      sent?.();
+      return; // the client left; its answers have nowhere to go
+    }
     if (!body) {
       this.#socket.write(header);
       return;
     }
     this.#socket.cork();
     this.#socket.write(header);
-    this.#socket.write(body);
+    // On an error the callback also runs (with the error): the memory is free either way.
+    this.#socket.write(body, sent && (() => sent()));
     this.#socket.uncork();
   }
 
