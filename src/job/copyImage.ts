@@ -66,7 +66,8 @@ export interface CopyResult {
 }
 
 /**
- * Copies a raw image, block device or NBD export to a target, through the worker pool, ending
+ * Copies a raw image, block device or NBD export to a target, through the worker pool (or, when
+ * an NBD export is involved, on this thread's own connections: see job/connectionPlan.ts), ending
  * with the data on disk. Source and target are paths or NBD URIs (`nbd://host[:port]/export`,
  * `nbd+unix:///export?socket=PATH`). A missing file target is created sized to the source; an
  * existing one, or an NBD export, must be at least as large and writable, and is checked before
