@@ -5,7 +5,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { accessSync, constants } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { readFile, rm } from 'node:fs/promises';
 import { delimiter, join } from 'node:path';
 import { afterEach } from 'vitest';
 
@@ -109,6 +109,7 @@ export function usePeers(): {
   // Both daemonise once listening, so "the parent exited 0" means "ready", with no probe connection
   // (a probe would use up a qemu-nbd that serves a single client).
   const daemon = async (cmd: string, args: readonly string[], pidFile: string): Promise<Peer> => {
+    await rm(pidFile, { force: true }); // a dead server's pid file would be mistaken for the new one's
     const r = await run(cmd, args);
     if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.code}): ${r.stderr}`);
     // The daemon writes its pid file once it is ready, which may be just after the parent exits.
