@@ -141,8 +141,9 @@ export class JobError extends BlockmirrorError {}
 /** An NBD protocol or connection failure. */
 export class NbdError extends BlockmirrorError {}
 
-/** The errno name of a Node.js system error, or `EUNKNOWN`. */
+/** The errno name of an {@link IoError} or a Node.js system error, or `EUNKNOWN`. */
 export function errnoOf(err: unknown): string {
+  if (err instanceof IoError) return err.errno;
   const code = (err as { code?: unknown } | null)?.code;
   return typeof code === 'string' && /^E[A-Z0-9]+$/.test(code) ? code : 'EUNKNOWN';
 }

@@ -35,7 +35,28 @@ export {
 export type { AbortProgress, ErrorCodeValue, IoOperation } from './errors.js';
 
 /** Devices: what sources and targets look like to the engine. */
-export type { BlockDevice, DeviceSpec, FileDeviceSpec } from './io/BlockDevice.js';
+export type { AllocationExtent, BlockDevice, DeviceSpec, FileDeviceSpec, NbdDeviceSpec } from './io/BlockDevice.js';
+
+// ── NBD ─────────────────────────────────────────────────────────────────────────────────────
+// A client (NbdDevice: an NBD export as a BlockDevice, usable wherever a path is) and a server
+// (NbdServer: any BlockDevice as an NBD export), on node:net, following NetworkBlockDevice's
+// doc/proto.md and doc/uri.md. See README.md "NBD".
+
+/** NBD URIs: `nbd://host[:port]/export`, `nbd+unix:///export?socket=PATH`. */
+export { DEFAULT_LISTEN_HOST, formatNbdUri, isNbdUri, parseNbdUri } from './io/nbd/NbdUri.js';
+export type { NbdAddress, NbdTcpAddress, NbdUnixAddress } from './io/nbd/NbdUri.js';
+
+/** The client: an export as a BlockDevice ({@link NbdDevice.open}), the low-level connection, and NBD_OPT_LIST. */
+export { DEFAULT_NBD_CONNECTIONS, NbdDevice } from './io/nbd/NbdDevice.js';
+export type { NbdDeviceOptions } from './io/nbd/NbdDevice.js';
+export { NbdConnection } from './io/nbd/NbdConnection.js';
+export { DEFAULT_HANDSHAKE_TIMEOUT_MS, listNbdExports } from './io/nbd/NbdClientHandshake.js';
+export type { NbdConnectOptions, NbdExportListing } from './io/nbd/NbdClientHandshake.js';
+export type { NbdExportInfo } from './io/nbd/NbdExportInfo.js';
+
+/** The server: any BlockDevice (a file, a mirror job's write interceptor) as NBD exports. */
+export { DEFAULT_MAX_REQUESTS_IN_FLIGHT, DEFAULT_SERVER_HANDSHAKE_TIMEOUT_MS, NbdServer, serveNbd } from './io/nbd/NbdServer.js';
+export type { NbdExportOptions, NbdServerOptions } from './io/nbd/NbdServer.js';
 
 /** Size parsing and formatting as the command line does it (64K, 1M, 4G). */
 export { formatBytes, parseSize } from './util/size.js';

@@ -38,8 +38,8 @@ export function registerCopyCommand(program: Command): void {
     program
       .command('copy')
       .description('copy an image to a target, ending with the data on disk')
-      .argument('<source>', 'raw image file or block device')
-      .argument('<target>', 'file (created, sized to the source, if missing) or block device'),
+      .argument('<source>', 'raw image file, block device, or NBD URI (nbd://host[:port]/export, nbd+unix:///export?socket=PATH)')
+      .argument('<target>', 'file (created, sized to the source, if missing), block device, or NBD URI'),
   )
     .option('--flush-every <size>', 'bytes written between paced flushes (0: only the final flush)', sizeOption('--flush-every'), DEFAULT_FLUSH_EVERY)
     .option('--target-is-zero', 'an existing target already reads as zeros: skip zero chunks unseen', false)
@@ -84,6 +84,8 @@ async function runCopy(source: string, target: string, opts: CopyCommandOptions)
       bytesWritten: result.bytesWritten,
       bytesZero: result.bytesZero,
       targetCreated: result.targetCreated,
+      workers: result.tuning.workers,
+      note: result.note ?? null,
     });
   } else {
     process.stdout.write(`${copySummary(result)}\n`);

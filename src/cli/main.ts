@@ -3,6 +3,7 @@ import { registerCopyCommand } from './copyCommand.js';
 import { registerDemoCommand } from './demoCommand.js';
 import { ExitCode, exitCodeFor } from './exitCodes.js';
 import { reportError } from './output.js';
+import { registerServeCommand } from './serveCommand.js';
 
 /** The command tree. Each command lives in a file of its own and registers itself here. */
 function program(): Command {
@@ -12,6 +13,7 @@ function program(): Command {
     .exitOverride();
   registerCopyCommand(root);
   registerDemoCommand(root);
+  registerServeCommand(root);
   for (const cmd of root.commands) cmd.exitOverride();
   return root;
 }

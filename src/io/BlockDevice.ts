@@ -26,7 +26,23 @@ export interface BlockDevice {
   flush(): Promise<void>;
   /** A buffer of `size` bytes that this device can do I/O from (aligned when the device needs it). */
   allocBuffer(size: number): Promise<Buffer>;
+  /**
+   * Allocation status from `offset` (NBD `base:allocation`): consecutive extents, the first
+   * starting at `offset`, covering at least one byte and possibly less or (in the last extent)
+   * more than `length`. Optional: a device that cannot tell leaves it out, and callers treat the
+   * whole device as allocated data.
+   */
+  blockStatus?(offset: number, length: number): Promise<readonly AllocationExtent[]>;
   close(): Promise<void>;
+}
+
+/** One extent of allocation status, as NBD's `base:allocation` context reports it. */
+export interface AllocationExtent {
+  readonly length: number;
+  /** Not allocated on the underlying storage (it may still read as data, from a backing file say). */
+  readonly hole: boolean;
+  /** Reads as zeros: a copy may skip reading it. */
+  readonly zero: boolean;
 }
 
 /** A file or block device, opened by path. */
@@ -40,6 +56,16 @@ export interface FileDeviceSpec {
   readonly role?: DeviceRole;
 }
 
+/** An NBD export, opened by URI (`nbd://host[:port]/export`, `nbd+unix:///export?socket=PATH`). */
+export interface NbdDeviceSpec {
+  readonly kind: 'nbd';
+  readonly uri: string;
+  /** Which side of a copy this is (default: `source`); a read-only export as `target` is refused. */
+  readonly role?: DeviceRole;
+  /** Open for writing (default false); refused with `BM_ERR_TARGET_READ_ONLY` if the export is read-only. */
+  readonly writable?: boolean;
+}
+
 /** The side of a copy a device is on. */
 export type DeviceRole = 'source' | 'target';
 
@@ -47,4 +73,4 @@ export type DeviceRole = 'source' | 'target';
  * Everything a thread needs to open its own handle on a device: plain data, so it can be posted to
  * a worker thread (each worker keeps its own handles; handles cannot cross threads).
  */
-export type DeviceSpec = FileDeviceSpec;
+export type DeviceSpec = FileDeviceSpec | NbdDeviceSpec;

@@ -2,6 +2,8 @@ import { open, stat } from 'node:fs/promises';
 import type { Stats } from 'node:fs';
 import { DeviceError, ErrorCode, errnoOf, toIoError } from '../errors.js';
 import { formatBytes } from '../util/size.js';
+import type { DeviceSpec } from './BlockDevice.js';
+import { formatNbdUri, parseNbdUri } from './nbd/NbdUri.js';
 
 /** What preparing a file target found or did. */
 export interface PreparedTarget {
@@ -19,12 +21,25 @@ async function statOrMissing(path: string): Promise<Stats | undefined> {
 }
 
 /**
+ * Checks a target against its source before anything is written. A file target is created if
+ * missing (see {@link prepareFileTarget}); an NBD export is never created (its size is checked
+ * once it is open) and must not be the source's own URI.
+ */
+export async function prepareTarget(target: DeviceSpec, source: DeviceSpec, sourceSize: number): Promise<PreparedTarget> {
+  if (target.kind === 'file') return prepareFileTarget(target.path, source.kind === 'file' ? source.path : undefined, sourceSize);
+  if (source.kind === 'nbd' && formatNbdUri(parseNbdUri(source.uri)) === formatNbdUri(parseNbdUri(target.uri))) {
+    throw new DeviceError(ErrorCode.SAME_FILE, target.uri, `target ${target.uri} is the source itself`);
+  }
+  return { created: false };
+}
+
+/**
  * Checks a file target against its source before anything is written, and creates it (sparse,
  * sized to the source) if it is missing. An existing target is refused, untouched, when it is a
- * directory, the source itself, or smaller than the source.
+ * directory, the source itself (when the source is a file: `sourcePath`), or smaller than the source.
  */
-export async function prepareFileTarget(targetPath: string, sourcePath: string, sourceSize: number): Promise<PreparedTarget> {
-  const [target, source] = await Promise.all([statOrMissing(targetPath), stat(sourcePath)]);
+export async function prepareFileTarget(targetPath: string, sourcePath: string | undefined, sourceSize: number): Promise<PreparedTarget> {
+  const [target, source] = await Promise.all([statOrMissing(targetPath), sourcePath === undefined ? undefined : stat(sourcePath)]);
   if (target === undefined) {
     await createSparse(targetPath, sourceSize);
     return { created: true };
@@ -32,7 +47,8 @@ export async function prepareFileTarget(targetPath: string, sourcePath: string, 
   if (target.isDirectory()) {
     throw new DeviceError(ErrorCode.TARGET_IS_DIRECTORY, targetPath, `target ${targetPath} is a directory; name a file inside it`);
   }
-  const same = target.isBlockDevice() ? target.rdev === source.rdev : target.dev === source.dev && target.ino === source.ino;
+  const same =
+    source !== undefined && (target.isBlockDevice() ? target.rdev === source.rdev : target.dev === source.dev && target.ino === source.ino);
   if (same) {
     throw new DeviceError(ErrorCode.SAME_FILE, targetPath, `target ${targetPath} is the source itself (${sourcePath})`);
   }

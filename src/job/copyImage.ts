@@ -3,7 +3,7 @@ import { AbortError, IoError } from '../errors.js';
 import type { BlockDevice, DeviceSpec } from '../io/BlockDevice.js';
 import { deviceSpecFor } from '../io/location.js';
 import { openDevice } from '../io/openDevice.js';
-import { checkTargetSize, prepareFileTarget } from '../io/prepareTarget.js';
+import { checkTargetSize, prepareTarget } from '../io/prepareTarget.js';
 import { CopyScheduler, type BatchOutcome } from '../sched/CopyScheduler.js';
 import { LinearExtentSource } from '../sched/ExtentSource.js';
 import { RateLimiter } from '../sched/RateLimiter.js';
@@ -12,6 +12,8 @@ import { TASKS_PER_WORKER, batchExtentsFor, resolveTuning, type CopyTuning } fro
 import { WritebackPacer } from '../sched/WritebackPacer.js';
 import { formatBytes } from '../util/size.js';
 import { CopyPool } from '../workers/CopyPool.js';
+import { InlineCopyRunner } from '../workers/InlineCopyRunner.js';
+import { planConnections, type ConnectionPlan } from './connectionPlan.js';
 
 /** Default time between two `onProgress` calls. */
 export const DEFAULT_PROGRESS_INTERVAL_MS = 100;
@@ -57,13 +59,20 @@ export interface CopyResult {
   readonly targetCreated: boolean;
   /** Flushes run during the copy to pace write-back, besides the final one. */
   readonly pacedFlushes: number;
+  /** The tuning the copy ran with (`workers` may be lower than asked: see `note`). */
   readonly tuning: CopyTuning;
+  /** Why the copy ran differently from what was asked (one connection to an NBD export without multi-conn), if it did. */
+  readonly note: string | undefined;
 }
 
 /**
- * Copies a raw image or block device to a target, through the worker pool, ending with the data
- * on disk. A missing target is created sized to the source; an existing one must be at least as
- * large and is checked before anything is written.
+ * Copies a raw image, block device or NBD export to a target, through the worker pool (or, when
+ * an NBD export is involved, on this thread's own connections: see job/connectionPlan.ts), ending
+ * with the data on disk. Source and target are paths or NBD URIs (`nbd://host[:port]/export`,
+ * `nbd+unix:///export?socket=PATH`). A missing file target is created sized to the source; an
+ * existing one, or an NBD export, must be at least as large and writable, and is checked before
+ * anything is written. Holes of an NBD source that reports `base:allocation` are not read, and
+ * zero chunks become WRITE_ZEROES on an NBD target.
  *
  * Set UV_THREADPOOL_SIZE to {@link threadpoolSizeFor}(queueDepth) before the process's first I/O,
  * or libuv runs at most 4 operations at once.
@@ -73,14 +82,16 @@ export async function copyImage(source: string, target: string, options: CopyOpt
   if (options.signal?.aborted) throw new AbortError('the copy was aborted before it started');
   const started = performance.now();
   const sourceSpec = deviceSpecFor(source, { role: 'source', writable: false, direct: options.direct });
+  const targetSpec = deviceSpecFor(target, { role: 'target', writable: true, direct: options.direct });
   const src = await openDevice(sourceSpec);
   let dst: BlockDevice | undefined;
   try {
-    const { created } = await prepareFileTarget(target, source, src.size);
-    const targetSpec = deviceSpecFor(target, { role: 'target', writable: true, direct: options.direct });
+    const { created } = await prepareTarget(targetSpec, sourceSpec, src.size);
     dst = await openDevice(targetSpec);
     checkTargetSize(target, dst.size, src.size);
-    const run = new BulkCopy(sourceSpec, targetSpec, src.size, dst, tuning, {
+    const plan = planConnections(src, dst);
+    const runTuning = plan.inline ? { ...tuning, workers: 1 } : tuning;
+    const run = new BulkCopy(sourceSpec, targetSpec, src, dst, runTuning, plan, {
       detectZeroes: options.detectZeroes ?? true,
       targetIsZero: created || options.targetIsZero === true,
       started,
@@ -93,7 +104,8 @@ export async function copyImage(source: string, target: string, options: CopyOpt
       bytesZero: run.bytesZero,
       targetCreated: created,
       pacedFlushes: run.pacedFlushes,
-      tuning,
+      tuning: runTuning,
+      note: plan.note,
     };
   } finally {
     await Promise.all([src.close(), dst?.close()]);
@@ -115,24 +127,33 @@ class BulkCopy {
   #failure: IoError | undefined;
   readonly #meter = new RateMeter();
 
+  readonly size: number;
+
   constructor(
     readonly sourceSpec: DeviceSpec,
     readonly targetSpec: DeviceSpec,
-    readonly size: number,
+    readonly source: BlockDevice,
     readonly target: BlockDevice,
     readonly tuning: CopyTuning,
+    readonly plan: ConnectionPlan,
     readonly settings: BulkCopySettings,
-  ) {}
+  ) {
+    this.size = source.size;
+  }
 
   async run(options: CopyOptions): Promise<void> {
-    const { tuning, target } = this;
+    const { tuning, source, target } = this;
+    // NBD exports are copied on the coordinator's own connections (see connectionPlan.ts), so the
+    // flush below always goes through the connection every write went through.
+    const pool = this.plan.inline
+      ? new InlineCopyRunner(source, target, this.sourceSpec.kind === 'file' && this.sourceSpec.direct === true)
+      : new CopyPool({ workers: tuning.workers, tasksPerWorker: TASKS_PER_WORKER });
     const pacer = new WritebackPacer(() => target.flush(), tuning.flushEvery);
-    const pool = new CopyPool({ workers: tuning.workers, tasksPerWorker: TASKS_PER_WORKER });
     const scheduler = new CopyScheduler({
       pool,
       source: this.sourceSpec,
       target: this.targetSpec,
-      chunkSize: Math.min(tuning.chunkSize, target.maxRequest),
+      chunkSize: Math.min(tuning.chunkSize, target.maxRequest, source.maxRequest),
       queueDepth: tuning.queueDepth,
       batchExtents: batchExtentsFor(tuning.queueDepth, tuning.workers),
       detectZeroes: this.settings.detectZeroes,

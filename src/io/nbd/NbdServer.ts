@@ -1,0 +1,200 @@
+import { unlink } from 'node:fs/promises';
+import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { ErrorCode, InvalidArgumentError, NbdError } from '../../errors.js';
+import type { BlockDevice } from '../BlockDevice.js';
+import { NbdServerSession, type ServedExport, type SessionHost } from './NbdServerSession.js';
+import { formatNbdUri, parseNbdUri, type NbdAddress } from './NbdUri.js';
+import { NBD_MAX_STRING_BYTES } from './protocol.js';
+
+/** Default limit of requests one client may have in progress at once (nbdcopy sends up to 64). */
+export const DEFAULT_MAX_REQUESTS_IN_FLIGHT = 64;
+/** Default time a client may take to pick an export. */
+export const DEFAULT_SERVER_HANDSHAKE_TIMEOUT_MS = 30_000;
+
+/** One export of an {@link NbdServer}. */
+export interface NbdExportOptions {
+  /** The name clients ask for (`nbd+unix:///NAME?socket=...`). */
+  readonly name: string;
+  /** What is served: any {@link BlockDevice} (a file, an NBD device, a mirror job's write interceptor). */
+  readonly device: BlockDevice;
+  /** Shown by `nbdinfo --list` and NBD_OPT_LIST. */
+  readonly description?: string;
+  /** Serve read-only even if the device is writable (a read-only device always is). */
+  readonly readOnly?: boolean;
+}
+
+/** Options of {@link NbdServer}. */
+export interface NbdServerOptions {
+  readonly exports: readonly NbdExportOptions[];
+  /** The export the empty name selects (default: the only export, when there is exactly one). */
+  readonly defaultExport?: string;
+  /** Clients at once; more are refused (default: no limit). */
+  readonly maxConnections?: number;
+  /** Requests one client may have in progress; further ones wait in the socket (default 64). */
+  readonly maxRequestsInFlight?: number;
+  /** Milliseconds a client may take to choose an export before it is dropped (default 30 s). */
+  readonly handshakeTimeoutMs?: number;
+  /** Told about each client that broke the protocol or lost its connection mid-request (the server carries on). */
+  readonly onClientError?: (err: Error) => void;
+}
+
+/**
+ * An NBD server (fixed newstyle, structured replies, `base:allocation`) for one or more
+ * {@link BlockDevice}s, on a Unix socket or TCP. Any number of clients at once, each with its own
+ * {@link NbdServerSession}; a client that breaks the protocol loses its own connection only.
+ * Every client's requests go to the same device object, so the export advertises multi-conn.
+ *
+ * ```ts
+ * const server = new NbdServer({ exports: [{ name: 'disk', device }] });
+ * const address = await server.listen('nbd+unix:///disk?socket=/run/disk.sock');
+ * // ... nbdinfo, qemu-io, nbdcopy, a VM ...
+ * await server.close();
+ * ```
+ */
+export class NbdServer {
+  readonly #exports = new Map<string, ServedExport>();
+  readonly #defaultExport: string | undefined;
+  readonly #options: NbdServerOptions;
+  readonly #sessions = new Set<NbdServerSession>();
+  #server: Server | undefined;
+  #address: NbdAddress | undefined;
+  #shuttingDown = false;
+
+  constructor(options: NbdServerOptions) {
+    this.#options = options;
+    for (const e of options.exports) {
+      if (Buffer.byteLength(e.name) > NBD_MAX_STRING_BYTES) {
+        throw new InvalidArgumentError(ErrorCode.INVALID_OPTION, `export name '${e.name.slice(0, 40)}...' is longer than ${NBD_MAX_STRING_BYTES} bytes`);
+      }
+      if (this.#exports.has(e.name)) throw new InvalidArgumentError(ErrorCode.INVALID_OPTION, `two exports are named '${e.name}'`);
+      this.#exports.set(e.name, {
+        name: e.name,
+        description: e.description ?? '',
+        device: e.device,
+        readOnly: e.readOnly === true || e.device.readOnly,
+      });
+    }
+    this.#defaultExport = options.defaultExport ?? (options.exports.length === 1 ? options.exports[0]!.name : undefined);
+  }
+
+  /** Where the server listens (with the port TCP port 0 was given), once it does. */
+  get address(): NbdAddress | undefined {
+    return this.#address;
+  }
+
+  /** Clients connected now. */
+  get clients(): number {
+    return this.#sessions.size;
+  }
+
+  /**
+   * Starts listening where an NBD URI says (its export name does not matter here):
+   * `nbd+unix:///?socket=PATH`, or `nbd://HOST:PORT/` (TCP; no host means 127.0.0.1, port 0 a
+   * free port). A stale Unix socket file nobody listens on is replaced. Resolves with the address
+   * actually bound. Throws {@link NbdError} `BM_ERR_NBD_CONNECTION` when it cannot listen.
+   */
+  async listen(where: string | NbdAddress): Promise<NbdAddress> {
+    if (this.#server) throw new NbdError(ErrorCode.NBD_CONNECTION, `this NBD server already listens on ${formatNbdUri(this.#address!)}`);
+    const address = typeof where === 'string' ? parseNbdUri(where, { forListening: true }) : where;
+    const server = createServer((socket) => this.#accept(socket));
+    if (this.#options.maxConnections !== undefined) server.maxConnections = this.#options.maxConnections;
+    try {
+      await listenOn(server, address);
+    } catch (err) {
+      if (address.transport !== 'unix' || (err as NodeJS.ErrnoException).code !== 'EADDRINUSE' || (await someoneListens(address.socket))) {
+        throw listenError(address, err);
+      }
+      await unlink(address.socket).catch(() => undefined);
+      await listenOn(server, address).catch((again: unknown) => {
+        throw listenError(address, again);
+      });
+    }
+    this.#server = server;
+    const bound = server.address();
+    this.#address = address.transport === 'tcp' && bound && typeof bound === 'object' ? { ...address, port: (bound as AddressInfo).port } : address;
+    return this.#address;
+  }
+
+  /**
+   * Stops listening, lets each client's requests in progress finish and be answered, then
+   * closes every connection. The devices stay open: they belong to the caller.
+   */
+  async close(): Promise<void> {
+    this.#shuttingDown = true;
+    const server = this.#server;
+    const closed = server ? new Promise<void>((resolve) => server.close(() => resolve())) : Promise.resolve();
+    const sessions = [...this.#sessions];
+    for (const s of sessions) s.stop();
+    await Promise.all([closed, ...sessions.map((s) => s.done)]);
+    this.#server = undefined;
+  }
+
+  /** What every session asks of the server. */
+  #host(): SessionHost {
+    const server = this;
+    const options = this.#options;
+    return {
+      findExport: (name) => this.#exports.get(name) ?? (name === '' && this.#defaultExport !== undefined ? this.#exports.get(this.#defaultExport) : undefined),
+      listExports: () => [...this.#exports.values()],
+      get shuttingDown(): boolean {
+        return server.#shuttingDown;
+      },
+      maxRequestsInFlight: options.maxRequestsInFlight ?? DEFAULT_MAX_REQUESTS_IN_FLIGHT,
+      handshakeTimeoutMs: options.handshakeTimeoutMs ?? DEFAULT_SERVER_HANDSHAKE_TIMEOUT_MS,
+      onClientError: (err) => options.onClientError?.(err),
+    };
+  }
+
+  #accept(socket: Socket): void {
+    if (this.#shuttingDown) {
+      socket.destroy();
+      return;
+    }
+    const session = new NbdServerSession(socket, this.#host());
+    this.#sessions.add(session);
+    void session.done.finally(() => this.#sessions.delete(session));
+  }
+}
+
+/** Creates a server for one device, named after the URI's export name, and starts it listening there. */
+export async function serveNbd(
+  device: BlockDevice,
+  uri: string,
+  options: Omit<NbdServerOptions, 'exports'> & Pick<NbdExportOptions, 'description' | 'readOnly'> = {},
+): Promise<{ server: NbdServer; address: NbdAddress; uri: string }> {
+  const name = parseNbdUri(uri, { forListening: true }).exportName;
+  const server = new NbdServer({ ...options, exports: [{ name, device, description: options.description, readOnly: options.readOnly }] });
+  const address = await server.listen(uri);
+  return { server, address, uri: formatNbdUri(address) };
+}
+
+function listenOn(server: Server, address: NbdAddress): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    const done = (): void => {
+      server.off('error', reject);
+      resolve();
+    };
+    if (address.transport === 'unix') server.listen(address.socket, done);
+    else server.listen(address.port, address.host, done);
+  });
+}
+
+/** True when something accepts connections on the Unix socket (so it is not a stale file). */
+function someoneListens(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = connect({ path });
+    probe.once('connect', () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once('error', () => resolve(false));
+  });
+}
+
+function listenError(address: NbdAddress, err: unknown): NbdError {
+  const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+  const where = address.transport === 'unix' ? address.socket : `${address.host}:${address.port}`;
+  const why = code === 'EADDRINUSE' ? 'it is in use' : code;
+  return new NbdError(ErrorCode.NBD_CONNECTION, `cannot serve NBD on ${where}: ${why}`, { cause: err });
+}

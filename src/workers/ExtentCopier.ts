@@ -1,0 +1,114 @@
+import { performance } from 'node:perf_hooks';
+import { errnoOf } from '../errors.js';
+import { AllocationMap } from '../io/AllocationMap.js';
+import type { BlockDevice } from '../io/BlockDevice.js';
+import { isAllZero } from '../util/zero.js';
+import { BufferPool } from './BufferPool.js';
+import type { CopyFailure, CopyTask, CopyTaskResult } from './CopyTask.js';
+
+/** What a copy of a batch needs from its task (the device specs are resolved already). */
+export type CopyBatch = Pick<CopyTask, 'extents' | 'detectZeroes' | 'targetIsZero'>;
+
+interface Totals {
+  bytesWritten: number;
+  bytesZero: number;
+}
+
+/**
+ * Copies batches of extents from one open source to one open target, the extents of a batch
+ * concurrently: read source → zero check → write target. Keeps reusable buffers, aligned for
+ * whichever device needs it, and the source's allocation status where it reports one (NBD
+ * `base:allocation`), so holes are not read at all. Runs on whatever thread owns the devices:
+ * a copy worker, or the coordinator itself for NBD exports (see job/connectionPlan.ts).
+ */
+export class ExtentCopier {
+  readonly source: BlockDevice;
+  readonly target: BlockDevice;
+  readonly #buffers: BufferPool;
+  readonly #allocation: AllocationMap | undefined;
+
+  /** `alignForSource`: buffers come from the source's `allocBuffer` (O_DIRECT source), else the target's. */
+  constructor(source: BlockDevice, target: BlockDevice, alignForSource: boolean) {
+    this.source = source;
+    this.target = target;
+    const aligner = alignForSource ? source : target;
+    this.#buffers = new BufferPool((bytes) => aligner.allocBuffer(bytes));
+    const blockStatus = source.blockStatus?.bind(source);
+    this.#allocation = blockStatus ? new AllocationMap({ size: source.size, blockStatus }) : undefined;
+  }
+
+  async copy(task: CopyBatch): Promise<CopyTaskResult> {
+    const count = task.extents.length / 2;
+    const readMicros = new Float64Array(count).fill(NaN);
+    const writeMicros = new Float64Array(count).fill(NaN);
+    const failures: CopyFailure[] = [];
+    const totals: Totals = { bytesWritten: 0, bytesZero: 0 };
+    const work: Promise<void>[] = [];
+    for (let i = 0; i < count; i++) work.push(this.#copyOne(task, i, readMicros, writeMicros, failures, totals));
+    await Promise.all(work);
+    return { bytesWritten: totals.bytesWritten, bytesZero: totals.bytesZero, readMicros, writeMicros, failures };
+  }
+
+  async #copyOne(
+    task: CopyBatch,
+    index: number,
+    readMicros: Float64Array,
+    writeMicros: Float64Array,
+    failures: CopyFailure[],
+    totals: Totals,
+  ): Promise<void> {
+    const { source, target } = this;
+    const offset = task.extents[2 * index]!;
+    const length = task.extents[2 * index + 1]!;
+    const buf = await this.#buffers.take(length);
+    let operation: CopyFailure['operation'] = 'read';
+    try {
+      const t0 = performance.now();
+      // A range the source reports as reading zeros (a hole of an NBD export) is not read at all.
+      const knownZero = task.detectZeroes && this.#allocation !== undefined && (await this.#allocation.readsAsZero(offset, length));
+      if (!knownZero) await source.read(buf, offset);
+      else if (!task.targetIsZero && !target.efficientZeroes) buf.fill(0); // zeroTarget may write it
+      const t1 = performance.now();
+      readMicros[index] = (t1 - t0) * 1000;
+      operation = 'write';
+      if (task.detectZeroes && (knownZero || isAllZero(buf))) {
+        totals.bytesZero += length;
+        if (!task.targetIsZero) {
+          // Not `totals.bytesWritten += await ...`: that reads the total before the await and loses concurrent updates.
+          const written = await this.#zeroTarget(buf, offset);
+          totals.bytesWritten += written;
+        }
+      } else {
+        await target.write(buf, offset);
+        totals.bytesWritten += length;
+      }
+      writeMicros[index] = (performance.now() - t1) * 1000;
+    } catch (err) {
+      failures.push({ index, operation, errno: errnoOf(err), message: err instanceof Error ? err.message : String(err) });
+    } finally {
+      this.#buffers.give(buf);
+    }
+  }
+
+  /**
+   * Makes the target read as zeros over a zero chunk, writing as little as possible: NBD zeroes
+   * without data; a file is read first, and written only where it is not zero already (a hole
+   * reads fast and stays a hole). Returns the bytes written.
+   */
+  async #zeroTarget(zeros: Buffer, offset: number): Promise<number> {
+    const { target } = this;
+    if (target.efficientZeroes) {
+      await target.writeZeroes(offset, zeros.length);
+      return zeros.length;
+    }
+    const current = await this.#buffers.take(zeros.length);
+    try {
+      await target.read(current, offset);
+      if (isAllZero(current)) return 0;
+    } finally {
+      this.#buffers.give(current);
+    }
+    await target.write(zeros, offset);
+    return zeros.length;
+  }
+}
