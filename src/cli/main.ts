@@ -1,4 +1,5 @@
 import { Command, CommanderError } from 'commander';
+import { registerBitmapCommand } from './bitmapCommand.js';
 import { registerCopyCommand } from './copyCommand.js';
 import { registerDemoCommand } from './demoCommand.js';
 import { ExitCode, exitCodeFor } from './exitCodes.js';
@@ -12,6 +13,7 @@ function program(): Command {
     .exitOverride();
   registerCopyCommand(root);
   registerDemoCommand(root);
+  registerBitmapCommand(root);
   for (const cmd of root.commands) cmd.exitOverride();
   return root;
 }
