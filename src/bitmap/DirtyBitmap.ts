@@ -271,17 +271,28 @@ export class DirtyBitmap {
    * bit i of the result (word i>>>5, bit i&31) is bit `firstBit + i`. A mark racing with it is
    * either in the result or still set afterwards, never lost. The copier calls this *before* it
    * reads the source (DESIGN.md invariant 2) and marks the bits again if the copy fails.
+   *
+   * `into`, if given, receives the result instead of a new array (a hot loop then allocates
+   * nothing): it needs at least `ceil(count / 32)` words, and those are zeroed first.
    */
-  testAndClear(firstBit: number, count: number): Uint32Array {
+  testAndClear(firstBit: number, count: number, into?: Uint32Array): Uint32Array {
     this.#checkBitRange(firstBit, count);
     if (this.#frozen) throw frozenError();
-    const out = new Uint32Array(Math.ceil(count / 32));
+    const words = Math.ceil(count / 32);
+    let out: Uint32Array;
+    if (into === undefined) {
+      out = new Uint32Array(words);
+    } else {
+      if (into.length < words) {
+        throw new InvalidArgumentError(ErrorCode.INVALID_OPTION, `${count} bits need ${words} words; the bitset given has ${into.length}`);
+      }
+      out = into.fill(0, 0, words);
+    }
     if (count === 0) return out;
     const end = firstBit + count;
     const lastWord = (end - 1) >>> 5;
     let cleared = 0;
-    for (let bit = this.#findSet(firstBit); bit >= 0 && bit < end; bit = this.#findSet(((bit >>> 5) + 1) * 32)) {
-      const w = bit >>> 5;
+    for (let w = this.#nextDirtyWordIn(firstBit >>> 5, lastWord); w >= 0; w = this.#nextDirtyWordIn(w + 1, lastWord)) {
       let mask = -1;
       if (w * 32 < firstBit) mask &= maskFrom(firstBit & 31);
       if (w === lastWord) mask &= maskThrough((end - 1) & 31);
@@ -446,6 +457,21 @@ export class DirtyBitmap {
     const a = this.#words;
     Atomics.and(a, this.#levelStart[level]! + (child >>> 5), ~(1 << (child & 31)));
     if (Atomics.load(a, this.#levelStart[level - 1]! + child) !== 0) this.#raiseSummary(level, child);
+  }
+
+  /**
+   * The first non-zero level-0 word in `fromWord .. lastWord`, or -1. A short range is read word
+   * by word: a summary search would climb past its end to find the next dirty word far away.
+   */
+  #nextDirtyWordIn(fromWord: number, lastWord: number): number {
+    if (lastWord - fromWord < 32) {
+      const a = this.#words;
+      const base = this.#base;
+      for (let w = fromWord; w <= lastWord; w++) if (a[base + w] !== 0) return w;
+      return -1;
+    }
+    const w = this.#nextDirtyWord(fromWord);
+    return w <= lastWord ? w : -1;
   }
 
   /** The first level-0 word at or after `fromWord` that is non-zero, or -1. */

@@ -17,6 +17,8 @@ export class DirtyExtentCursor implements ExtentSource {
   readonly exhausted = false as const;
   readonly #bitmap: DirtyBitmap;
   #position = 0;
+  /** What the last clear took; reused so that take allocates nothing. */
+  #claimed = new Uint32Array(1);
 
   constructor(bitmap: DirtyBitmap) {
     this.#bitmap = bitmap;
@@ -39,6 +41,7 @@ export class DirtyExtentCursor implements ExtentSource {
     const bits = bitmap.bitCount;
     if (maxExtents <= 0 || bits === 0) return 0;
     const maxBits = Math.max(1, Math.min(bits, Math.floor(maxBytes / bitmap.granularity)));
+    if (this.#claimed.length * 32 < maxBits) this.#claimed = new Uint32Array(Math.ceil(maxBits / 32));
     // One lap: from the start position to the end, then from bit 0 back up to it.
     const startedAt = this.#position;
     let limit = bits;
@@ -55,10 +58,11 @@ export class DirtyExtentCursor implements ExtentSource {
       const end = bitmap.nextClean(start, Math.min(bits, start + maxBits));
       pos = end;
       // Only what this clear took is ours; another drainer may have taken some bits meanwhile.
-      const claimed = bitmap.testAndClear(start, end - start);
-      const first = firstSetIn(claimed);
+      const claimed = bitmap.testAndClear(start, end - start, this.#claimed);
+      const words = Math.ceil((end - start) / 32);
+      const first = firstSetIn(claimed, words);
       if (first < 0) continue;
-      const last = start + lastSetIn(claimed);
+      const last = start + lastSetIn(claimed, words);
       out.push((start + first) * bitmap.granularity, bitmap.bytesBetween(start + first, last + 1));
       n++;
     }

@@ -28,18 +28,18 @@ export function maskThrough(to: number): number {
   return -1 >>> (31 - to);
 }
 
-/** Index of the lowest set bit of a bitset, or -1 when none is set. */
-export function firstSetIn(bits: Uint32Array): number {
-  for (let i = 0; i < bits.length; i++) {
+/** Index of the lowest set bit in the first `words` words of a bitset, or -1 when none is set. */
+export function firstSetIn(bits: Uint32Array, words = bits.length): number {
+  for (let i = 0; i < words; i++) {
     const x = bits[i]!;
     if (x !== 0) return i * 32 + lowestBit(x);
   }
   return -1;
 }
 
-/** Index of the highest set bit of a bitset, or -1 when none is set. */
-export function lastSetIn(bits: Uint32Array): number {
-  for (let i = bits.length - 1; i >= 0; i--) {
+/** Index of the highest set bit in the first `words` words of a bitset, or -1 when none is set. */
+export function lastSetIn(bits: Uint32Array, words = bits.length): number {
+  for (let i = words - 1; i >= 0; i--) {
     const x = bits[i]!;
     if (x !== 0) return i * 32 + highestBit(x);
   }

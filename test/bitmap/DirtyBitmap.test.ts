@@ -198,6 +198,19 @@ describe('DirtyBitmap.testAndClear', () => {
     expect(setBits(bm)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9]);
   });
 
+  it('fills a bitset it is given, zeroing the words it uses first', () => {
+    const bm = withBits(200, [40, 41]);
+    const into = Uint32Array.of(0xffffffff, 0xffffffff, 7);
+    expect(bm.testAndClear(40, 40, into)).toBe(into);
+    expect(Array.from(into)).toEqual([3, 0, 7]);
+  });
+
+  it('rejects a bitset too small for the range', () => {
+    const bm = withBits(200, [40]);
+    expectCode(() => bm.testAndClear(0, 33, new Uint32Array(1)), ErrorCode.INVALID_OPTION);
+    expect(bm.count()).toBe(1);
+  });
+
   it('returns an empty bitset for count 0', () => {
     const bm = withBits(64, [0]);
     expect(bm.testAndClear(0, 0)).toEqual(new Uint32Array(0));
