@@ -171,7 +171,10 @@ export class DirtyBitmap {
     return this.#frozen;
   }
 
-  /** Bytes of shared memory the bitmap uses: the bits, about 1/31 more for summaries, 64 for the count. */
+  /**
+   * Bytes of shared memory the bitmap uses: the bits, about 1/31 more for the summary levels, and
+   * 64 for the count. At most 1.1 times the raw bits from 8 Ki bits up (below, the 64 bytes dominate).
+   */
   get memoryBytes(): number {
     return this.#buffer.byteLength;
   }

@@ -86,10 +86,11 @@ describe('DirtyBitmap geometry', () => {
     expect([...bm.extents({ wrap: true })]).toEqual([]);
   });
 
-  it('uses at most 1.1 times the raw bits of memory', () => {
-    const bm = DirtyBitmap.create(TiB, G);
-    expect(bm.bitCount).toBe(16 * 1024 * 1024);
-    expect(bm.memoryBytes).toBeLessThanOrEqual(1.1 * (bm.bitCount / 8));
+  it('uses at most 1.1 times the raw bits of memory from 8 Ki bits up', () => {
+    for (const [size, granularity] of [[TiB, G], [8192 * 512, 512], [(16384 + 1) * 512, 512], [3 * 2 ** 30 + 1, 4096]] as const) {
+      const bm = DirtyBitmap.create(size, granularity);
+      expect(bm.memoryBytes, `${bm.bitCount} bits`).toBeLessThanOrEqual(1.1 * Math.ceil(bm.bitCount / 8));
+    }
   });
 });
 
