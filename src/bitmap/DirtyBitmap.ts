@@ -78,7 +78,10 @@ const waitAsync = (Atomics as unknown as { waitAsync: WaitAsync }).waitAsync;
  * threads mark it ({@link share} / {@link fromShared}) while the coordinator drains it. Summary
  * levels (one bit per word of the level below, as in QEMU's HBitmap) make searches cost
  * O(dirty words), not O(size). A summary bit may be set over a word that is zero again (searches
- * clear it lazily); it is never clear over a non-zero word once the mark that set the word returns.
+ * clear it lazily); it is never clear over a non-zero word once the mark that made the word
+ * non-zero has returned. (A mark into a word that is already non-zero returns at once, so for a
+ * few nanoseconds its bits may be counted but not yet found by a search; with writers quiesced,
+ * every set bit is found.)
  *
  * Byte ranges past the image size are an error (`BM_ERR_INVALID_OPTION`), not clamped: such a
  * write cannot land on the image, and a bitmap that silently ignored it would hide an image that
