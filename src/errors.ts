@@ -43,6 +43,8 @@ export const ErrorCode = {
   BITMAP_VERSION: 'BM_ERR_BITMAP_VERSION',
   /** Two bitmaps, or a bitmap and an image, disagree on granularity or size. */
   BITMAP_GEOMETRY: 'BM_ERR_BITMAP_GEOMETRY',
+  /** A bitmap operation used in a state that forbids it: changing a frozen bitmap, settling a succession twice. */
+  BITMAP_STATE: 'BM_ERR_BITMAP_STATE',
   /** A job verb was used in a state that does not allow it. */
   JOB_STATE: 'BM_ERR_JOB_STATE',
   /** The job failed (its error policy was `report`); `cause` holds the I/O error. */

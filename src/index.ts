@@ -60,3 +60,33 @@ export type { NbdExportOptions, NbdServerOptions } from './io/nbd/NbdServer.js';
 
 /** Size parsing and formatting as the command line does it (64K, 1M, 4G). */
 export { formatBytes, parseSize } from './util/size.js';
+
+/**
+ * Dirty bitmap: one bit per `granularity` bytes, in shared memory, updated with Atomics so write
+ * interceptors on any thread mark it while the copier drains it ({@link DirtyBitmap},
+ * {@link DirtyExtentCursor}); the successor pattern for incremental copies ({@link Succession});
+ * and the persistent bitmap file ({@link saveBitmap}, {@link loadBitmap}, {@link markInUse};
+ * format in docs/bitmap-format.md).
+ */
+export {
+  DEFAULT_GRANULARITY,
+  DirtyBitmap,
+  MAX_BIT_COUNT,
+  MAX_GRANULARITY,
+  MIN_GRANULARITY,
+} from './bitmap/DirtyBitmap.js';
+export type { ExtentOptions, SharedBitmap, Succession } from './bitmap/DirtyBitmap.js';
+/** The copier's view of a live bitmap: an ExtentSource that claims dirty extents. */
+export { DirtyExtentCursor } from './bitmap/DirtyExtentCursor.js';
+/** The persistent bitmap file. */
+export {
+  BITMAP_FILE_MAGIC,
+  BITMAP_FILE_VERSION,
+  BITMAP_FLAG_IN_USE,
+  BITMAP_HEADER_BYTES,
+  loadBitmap,
+  markInUse,
+  readBitmapHeader,
+  saveBitmap,
+} from './bitmap/BitmapFile.js';
+export type { BitmapFileHeader, LoadBitmapOptions, LoadedBitmap, SaveBitmapOptions } from './bitmap/BitmapFile.js';

@@ -1,4 +1,5 @@
 import { Command, CommanderError } from 'commander';
+import { registerBitmapCommand } from './bitmapCommand.js';
 import { registerCopyCommand } from './copyCommand.js';
 import { registerDemoCommand } from './demoCommand.js';
 import { ExitCode, exitCodeFor } from './exitCodes.js';
@@ -14,6 +15,7 @@ function program(): Command {
   registerCopyCommand(root);
   registerDemoCommand(root);
   registerServeCommand(root);
+  registerBitmapCommand(root);
   for (const cmd of root.commands) cmd.exitOverride();
   return root;
 }

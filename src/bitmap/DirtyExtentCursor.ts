@@ -1,0 +1,72 @@
+import { ErrorCode, InvalidArgumentError } from '../errors.js';
+import type { ExtentSource } from '../sched/ExtentSource.js';
+import type { DirtyBitmap } from './DirtyBitmap.js';
+import { firstSetIn, lastSetIn } from './wordOps.js';
+
+/**
+ * Drains a live dirty bitmap for the copier: the scheduler's {@link ExtentSource} for a mirror.
+ *
+ * Each {@link take} goes on from where the last one stopped, to the end of the image and then
+ * round from bit 0 (like QEMU's mirror), so writes that keep landing near the start cannot starve
+ * the rest. It clears each extent's bits before handing the extent out (DESIGN.md invariant 2):
+ * a write that lands after that marks the bits again and the extent is copied again. The caller
+ * marks an extent again if its copy fails.
+ */
+export class DirtyExtentCursor implements ExtentSource {
+  /** A live bitmap always may get new work. */
+  readonly exhausted = false as const;
+  readonly #bitmap: DirtyBitmap;
+  #position = 0;
+  /** What the last clear took; reused so that take allocates nothing. */
+  #claimed = new Uint32Array(1);
+
+  constructor(bitmap: DirtyBitmap) {
+    this.#bitmap = bitmap;
+  }
+
+  /** The bit the next {@link take} starts at. */
+  get position(): number {
+    return this.#position;
+  }
+
+  /**
+   * Claims up to `maxExtents` dirty extents, appending `offset, length` byte pairs to `out`, and
+   * returns how many it appended (0: the bitmap is clean). Each extent is a run of dirty bits,
+   * clipped to the image size, at most `maxBytes` long; when `maxBytes` is less than a granule,
+   * an extent is one granule (a bit cannot be claimed in part).
+   */
+  take(out: number[], maxExtents: number, maxBytes: number): number {
+    if (!(maxBytes > 0)) throw new InvalidArgumentError(ErrorCode.INVALID_OPTION, `maxBytes must be positive, not ${maxBytes}`);
+    const bitmap = this.#bitmap;
+    const bits = bitmap.bitCount;
+    if (maxExtents <= 0 || bits === 0) return 0;
+    const maxBits = Math.max(1, Math.min(bits, Math.floor(maxBytes / bitmap.granularity)));
+    if (this.#claimed.length * 32 < maxBits) this.#claimed = new Uint32Array(Math.ceil(maxBits / 32));
+    // One lap: from the start position to the end, then from bit 0 back up to it.
+    const startedAt = this.#position;
+    let limit = bits;
+    let pos = startedAt;
+    let n = 0;
+    while (n < maxExtents) {
+      const start = pos < limit ? bitmap.nextDirty(pos) : -1;
+      if (start < 0 || start >= limit) {
+        if (limit !== bits || startedAt === 0) break;
+        limit = startedAt;
+        pos = 0;
+        continue;
+      }
+      const end = bitmap.nextClean(start, Math.min(bits, start + maxBits));
+      pos = end;
+      // Only what this clear took is ours; another drainer may have taken some bits meanwhile.
+      const claimed = bitmap.testAndClear(start, end - start, this.#claimed);
+      const words = Math.ceil((end - start) / 32);
+      const first = firstSetIn(claimed, words);
+      if (first < 0) continue;
+      const last = start + lastSetIn(claimed, words);
+      out.push((start + first) * bitmap.granularity, bitmap.bytesBetween(start + first, last + 1));
+      n++;
+    }
+    this.#position = pos >= bits ? 0 : pos;
+    return n;
+  }
+}
