@@ -9,6 +9,21 @@
 export { copyImage, DEFAULT_PROGRESS_INTERVAL_MS } from './job/copyImage.js';
 export type { CopyOptions, CopyProgress, CopyResult } from './job/copyImage.js';
 
+/** Live mirror: {@link startMirror} returns a {@link MirrorJob}; `job.device` is the write interceptor. */
+export { startMirror, DEFAULT_BUFFER_SIZE } from './job/startMirror.js';
+export type { MirrorOptions, SyncMode } from './job/startMirror.js';
+export { MirrorJob } from './job/MirrorJob.js';
+export type { JobErrorEvent, JobOutcome, MirrorJobEvents, MirrorProgress } from './job/MirrorJob.js';
+export { TrackedDevice } from './job/TrackedDevice.js';
+export type { CopyMode } from './job/TrackedDevice.js';
+export { TrackedWriter } from './job/TrackedWriter.js';
+export type { SharedTracker } from './job/TrackedWriter.js';
+export { JobStatus } from './job/JobStatus.js';
+export type { JobStatusValue } from './job/JobStatus.js';
+export type { ErrorAction, ErrorPolicy, IoStatus } from './job/errorPolicy.js';
+/** Several jobs ending at one point in time. */
+export { cancelAll, completeAll } from './job/transactions.js';
+
 /** Copy tuning: defaults, limits, and the libuv thread pool size a queue depth needs. */
 export {
   DEFAULT_CHUNK_SIZE,

@@ -1,3 +1,5 @@
+import type { FaultyDeviceSpec } from './FaultyDevice.js';
+
 /**
  * What every source and target looks like to the copy engine: a fixed-size array of bytes with
  * positioned reads and writes (pread/pwrite), flush, and zeroing.
@@ -73,4 +75,4 @@ export type DeviceRole = 'source' | 'target';
  * Everything a thread needs to open its own handle on a device: plain data, so it can be posted to
  * a worker thread (each worker keeps its own handles; handles cannot cross threads).
  */
-export type DeviceSpec = FileDeviceSpec | NbdDeviceSpec;
+export type DeviceSpec = FileDeviceSpec | NbdDeviceSpec | FaultyDeviceSpec;

@@ -2,6 +2,7 @@ import { constants, open, readFile, type FileHandle } from 'node:fs/promises';
 import type { Stats } from 'node:fs';
 import { ErrorCode, DeviceError, IoError, toIoError, errnoOf } from '../errors.js';
 import type { BlockDevice, DeviceRole, FileDeviceSpec } from './BlockDevice.js';
+import { allocSkewedBuffer } from '../util/skewedBuffer.js';
 
 /** Logical block size O_DIRECT requests are aligned to. 4096 also satisfies 512-byte devices. */
 export const DIRECT_ALIGNMENT = 4096;
@@ -146,7 +147,7 @@ export class FileDevice implements BlockDevice {
   }
 
   async allocBuffer(size: number): Promise<Buffer> {
-    if (!this.#direct) return Buffer.allocUnsafeSlow(size);
+    if (!this.#direct) return allocSkewedBuffer(size); // page-cache copies into page-aligned memory are slow
     const raw = Buffer.allocUnsafeSlow(size + DIRECT_ALIGNMENT);
     const base = await this.#probeAlignment(raw);
     if (base < 0) return raw.subarray(0, size); // too small to probe: #pick sends its I/O through the buffered handle

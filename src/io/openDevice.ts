@@ -1,4 +1,5 @@
 import type { BlockDevice, DeviceSpec } from './BlockDevice.js';
+import { FaultPlan, FaultyDevice } from './FaultyDevice.js';
 import { FileDevice } from './FileDevice.js';
 import { NbdDevice } from './nbd/NbdDevice.js';
 
@@ -9,5 +10,7 @@ export async function openDevice(spec: DeviceSpec): Promise<BlockDevice> {
       return FileDevice.open(spec);
     case 'nbd':
       return NbdDevice.open(spec);
+    case 'faulty':
+      return new FaultyDevice(await openDevice(spec.inner), new FaultPlan(spec.plan));
   }
 }

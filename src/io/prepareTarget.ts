@@ -26,6 +26,9 @@ async function statOrMissing(path: string): Promise<Stats | undefined> {
  * once it is open) and must not be the source's own URI.
  */
 export async function prepareTarget(target: DeviceSpec, source: DeviceSpec, sourceSize: number): Promise<PreparedTarget> {
+  // A fault-injecting wrapper (tests) is prepared as the device it wraps.
+  if (target.kind === 'faulty') return prepareTarget(target.inner, source, sourceSize);
+  if (source.kind === 'faulty') return prepareTarget(target, source.inner, sourceSize);
   if (target.kind === 'file') return prepareFileTarget(target.path, source.kind === 'file' ? source.path : undefined, sourceSize);
   if (source.kind === 'nbd' && formatNbdUri(parseNbdUri(source.uri)) === formatNbdUri(parseNbdUri(target.uri))) {
     throw new DeviceError(ErrorCode.SAME_FILE, target.uri, `target ${target.uri} is the source itself`);

@@ -8,12 +8,10 @@ import { CopyScheduler, type BatchOutcome } from '../sched/CopyScheduler.js';
 import { LinearExtentSource } from '../sched/ExtentSource.js';
 import { RateLimiter } from '../sched/RateLimiter.js';
 import { RateMeter } from '../sched/RateMeter.js';
-import { TASKS_PER_WORKER, batchExtentsFor, resolveTuning, type CopyTuning } from '../sched/tuning.js';
+import { batchExtentsFor, resolveTuning, type CopyTuning } from '../sched/tuning.js';
 import { WritebackPacer } from '../sched/WritebackPacer.js';
 import { formatBytes } from '../util/size.js';
-import { CopyPool } from '../workers/CopyPool.js';
-import { InlineCopyRunner } from '../workers/InlineCopyRunner.js';
-import { planConnections, type ConnectionPlan } from './connectionPlan.js';
+import { createCopyRunner, type CopyRunner } from '../workers/createCopyRunner.js';
 
 /** Default time between two `onProgress` calls. */
 export const DEFAULT_PROGRESS_INTERVAL_MS = 100;
@@ -89,9 +87,9 @@ export async function copyImage(source: string, target: string, options: CopyOpt
     const { created } = await prepareTarget(targetSpec, sourceSpec, src.size);
     dst = await openDevice(targetSpec);
     checkTargetSize(target, dst.size, src.size);
-    const plan = planConnections(src, dst);
+    const { runner, plan } = createCopyRunner(src, dst, sourceSpec, tuning.workers);
     const runTuning = plan.inline ? { ...tuning, workers: 1 } : tuning;
-    const run = new BulkCopy(sourceSpec, targetSpec, src, dst, runTuning, plan, {
+    const run = new BulkCopy(sourceSpec, targetSpec, src, dst, runTuning, runner, {
       detectZeroes: options.detectZeroes ?? true,
       targetIsZero: created || options.targetIsZero === true,
       started,
@@ -135,19 +133,14 @@ class BulkCopy {
     readonly source: BlockDevice,
     readonly target: BlockDevice,
     readonly tuning: CopyTuning,
-    readonly plan: ConnectionPlan,
+    readonly pool: CopyRunner,
     readonly settings: BulkCopySettings,
   ) {
     this.size = source.size;
   }
 
   async run(options: CopyOptions): Promise<void> {
-    const { tuning, source, target } = this;
-    // NBD exports are copied on the coordinator's own connections (see connectionPlan.ts), so the
-    // flush below always goes through the connection every write went through.
-    const pool = this.plan.inline
-      ? new InlineCopyRunner(source, target, this.sourceSpec.kind === 'file' && this.sourceSpec.direct === true)
-      : new CopyPool({ workers: tuning.workers, tasksPerWorker: TASKS_PER_WORKER });
+    const { tuning, source, target, pool } = this;
     const pacer = new WritebackPacer(() => target.flush(), tuning.flushEvery);
     const scheduler = new CopyScheduler({
       pool,

@@ -34,6 +34,12 @@ export interface CopySchedulerOptions {
   readonly onBatch: (outcome: BatchOutcome) => void;
   /** How long to wait for new work when the source has none but is not exhausted. */
   readonly idleWaitMs?: number;
+  /** Called when the source had nothing to hand out (a mirror checks here whether it is in sync). */
+  readonly onIdle?: () => void;
+  /** @internal Tests of the stress test only: workers pause between each read and its write. */
+  readonly preemptAfterRead?: boolean;
+  /** Resolves when new work may have arrived (a bitmap's change signal), or after `ms`. */
+  readonly waitForWork?: (ms: number) => Promise<unknown>;
 }
 
 const DEFAULT_IDLE_WAIT_MS = 50;
@@ -110,7 +116,10 @@ export class CopyScheduler {
       const count = source.take(extents, room, o.chunkSize);
       if (count === 0) {
         if (source.exhausted) break;
-        await this.#sleep(o.idleWaitMs ?? DEFAULT_IDLE_WAIT_MS);
+        o.onIdle?.();
+        if (this.#stopped) break;
+        const ms = o.idleWaitMs ?? DEFAULT_IDLE_WAIT_MS;
+        await (o.waitForWork ? Promise.race([this.#sleep(ms), o.waitForWork(ms)]) : this.#sleep(ms));
         continue;
       }
       this.#dispatch(extents, count);
@@ -131,7 +140,14 @@ export class CopyScheduler {
     o.limiter.account(bytes, performance.now());
     this.#inFlightExtents += count;
     this.#inFlightBytes += bytes;
-    const task = { source: o.source, target: o.target, extents, detectZeroes: o.detectZeroes, targetIsZero: o.targetIsZero };
+    const task: CopyTask = {
+      source: o.source,
+      target: o.target,
+      extents,
+      detectZeroes: o.detectZeroes,
+      targetIsZero: o.targetIsZero,
+      ...(o.preemptAfterRead ? { preemptAfterRead: true } : {}),
+    };
     const done = o.pool
       .run(task)
       .catch((err: unknown) => workerFailure(count, err))

@@ -13,6 +13,8 @@ export interface CopyTask {
   readonly detectZeroes: boolean;
   /** The target is known to read as zeros over these extents (a fresh file): a zero chunk is skipped unseen. */
   readonly targetIsZero: boolean;
+  /** @internal Tests of the stress test only: pause between each read and its write (see util/preemption.ts). */
+  readonly preemptAfterRead?: boolean;
 }
 
 /** An extent of a task that failed; the others in the task still ran. */

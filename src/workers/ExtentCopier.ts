@@ -2,12 +2,13 @@ import { performance } from 'node:perf_hooks';
 import { errnoOf } from '../errors.js';
 import { AllocationMap } from '../io/AllocationMap.js';
 import type { BlockDevice } from '../io/BlockDevice.js';
+import { preemption } from '../util/preemption.js';
 import { isAllZero } from '../util/zero.js';
 import { BufferPool } from './BufferPool.js';
 import type { CopyFailure, CopyTask, CopyTaskResult } from './CopyTask.js';
 
 /** What a copy of a batch needs from its task (the device specs are resolved already). */
-export type CopyBatch = Pick<CopyTask, 'extents' | 'detectZeroes' | 'targetIsZero'>;
+export type CopyBatch = Pick<CopyTask, 'extents' | 'detectZeroes' | 'targetIsZero' | 'preemptAfterRead'>;
 
 interface Totals {
   bytesWritten: number;
@@ -70,6 +71,7 @@ export class ExtentCopier {
       else if (!task.targetIsZero && !target.efficientZeroes) buf.fill(0); // zeroTarget may write it
       const t1 = performance.now();
       readMicros[index] = (t1 - t0) * 1000;
+      if (task.preemptAfterRead) await preemption();
       operation = 'write';
       if (task.detectZeroes && (knownZero || isAllZero(buf))) {
         totals.bytesZero += length;

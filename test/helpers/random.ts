@@ -1,14 +1,4 @@
-/** A small seeded PRNG (mulberry32): the same seed gives the same sequence, so failures replay. */
-export function seededRandom(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { seededRandom } from '../fixtures/prng.mjs';
 
 /** A whole number in `0 .. n-1` from `random`. */
 export function randomInt(random: () => number, n: number): number {

@@ -1,0 +1,64 @@
+import type { DirtyBitmap } from '../bitmap/DirtyBitmap.js';
+import { DirtyExtentCursor } from '../bitmap/DirtyExtentCursor.js';
+import type { ExtentSource } from '../sched/ExtentSource.js';
+import type { RangeLocks } from './RangeLocks.js';
+import type { UnsafeTestHooks } from './TrackedDevice.js';
+
+/**
+ * A mirror's work: dirty extents claimed from the bitmap (their bits cleared before the copy
+ * reads: invariant 2), minus those an intercepted write holds or waits for (invariant 3), which
+ * are marked dirty again to be copied later. Each handed-out batch holds its ranges until
+ * `release`d with the same array the batch was handed out in.
+ */
+export class GuardedDirtyExtents implements ExtentSource {
+  readonly exhausted = false;
+  readonly #bitmap: DirtyBitmap;
+  readonly #cursor: DirtyExtentCursor;
+  readonly #locks: RangeLocks;
+  readonly #hooks: UnsafeTestHooks;
+  readonly #held = new Map<readonly number[], Array<() => void>>();
+
+  constructor(bitmap: DirtyBitmap, locks: RangeLocks, hooks: UnsafeTestHooks = {}) {
+    this.#bitmap = bitmap;
+    this.#cursor = new DirtyExtentCursor(bitmap);
+    this.#locks = locks;
+    this.#hooks = hooks;
+  }
+
+  take(out: number[], maxExtents: number, maxBytes: number): number {
+    const claimed: number[] = [];
+    const n = this.#cursor.take(claimed, maxExtents, maxBytes);
+    const releases: Array<() => void> = [];
+    let count = 0;
+    for (let i = 0; i < 2 * n; i += 2) {
+      const offset = claimed[i]!;
+      const length = claimed[i + 1]!;
+      const release = this.#hooks.skipWriteBlockingWait ? () => {} : this.#locks.tryHoldCopy(offset, offset + length);
+      if (!release) {
+        this.#bitmap.mark(offset, length); // a write holds it: copy it after the write
+        continue;
+      }
+      // Broken order for tests: leave the bits set during the copy, clear them after it.
+      if (this.#hooks.clearAfterRead) this.#bitmap.mark(offset, length);
+      releases.push(release);
+      out.push(offset, length);
+      count++;
+    }
+    if (count > 0) this.#held.set(out, releases);
+    return count;
+  }
+
+  /** Ends the holds of a finished batch. */
+  release(extents: readonly number[]): void {
+    if (this.#hooks.clearAfterRead) {
+      const g = this.#bitmap.granularity;
+      for (let i = 0; i < extents.length; i += 2) {
+        const first = Math.floor(extents[i]! / g);
+        const end = Math.ceil((extents[i]! + extents[i + 1]!) / g);
+        this.#bitmap.testAndClear(first, Math.min(end, this.#bitmap.bitCount) - first);
+      }
+    }
+    for (const release of this.#held.get(extents) ?? []) release();
+    this.#held.delete(extents);
+  }
+}

@@ -1,0 +1,165 @@
+import type { DirtyBitmap } from '../bitmap/DirtyBitmap.js';
+import type { DeviceSpec } from '../io/BlockDevice.js';
+import { CopyScheduler, type BatchOutcome } from '../sched/CopyScheduler.js';
+import { RateLimiter } from '../sched/RateLimiter.js';
+import { batchExtentsFor } from '../sched/tuning.js';
+import { WritebackPacer } from '../sched/WritebackPacer.js';
+import type { CopyRunner } from '../workers/createCopyRunner.js';
+import type { CopyFailure } from '../workers/CopyTask.js';
+import { GuardedDirtyExtents } from './GuardedDirtyExtents.js';
+import type { RangeLocks } from './RangeLocks.js';
+import type { UnsafeTestHooks } from './TrackedDevice.js';
+
+/** An extent whose copy failed; its bits are already marked dirty again. */
+export interface FailedExtent {
+  readonly offset: number;
+  readonly length: number;
+  readonly failure: CopyFailure;
+}
+
+export interface MirrorCopierOptions {
+  /** Runs the copy tasks (the worker pool, or the coordinator's own devices for NBD). */
+  readonly runner: CopyRunner;
+  readonly source: DeviceSpec;
+  readonly target: DeviceSpec;
+  readonly bitmap: DirtyBitmap;
+  readonly locks: RangeLocks;
+  readonly chunkSize: number;
+  readonly queueDepth: number;
+  /** Threads the runner copies on (sets how many extents go in one task). */
+  readonly workers: number;
+  readonly speed: number;
+  readonly testHooks?: UnsafeTestHooks;
+  /** Called with the failed extents of a batch (their bits are set again: invariant 2). */
+  readonly onFailures: (failed: readonly FailedExtent[]) => void;
+  /** Flushes the target; paced during the copy so that the flushes before ready and pivot are short. */
+  readonly flushTarget: () => Promise<void>;
+  /** Bytes written between paced flushes (0: none). */
+  readonly flushEvery: number;
+  /** Called after every batch (progress, tuning). */
+  readonly onBatch?: (outcome: BatchOutcome) => void;
+}
+
+/**
+ * The copy half of a mirror job: drains the dirty bitmap through the worker pool, forever, until
+ * stopped. It knows nothing of job states; the job asks it to pause, resume, and tell it when
+ * nothing is dirty and nothing is in flight.
+ */
+export class MirrorCopier {
+  /** Bytes copied to the target so far. */
+  bytesCopied = 0;
+  readonly limiter: RateLimiter;
+  readonly #o: MirrorCopierOptions;
+  readonly #pool: CopyRunner;
+  readonly #scheduler: CopyScheduler;
+  readonly #extents: GuardedDirtyExtents;
+  readonly #pacer: WritebackPacer;
+  #running: Promise<void> | undefined;
+  #cleanWaiters: Array<() => void> = [];
+
+  constructor(options: MirrorCopierOptions) {
+    this.#o = options;
+    this.limiter = new RateLimiter(options.speed);
+    this.#pacer = new WritebackPacer(options.flushTarget, options.flushEvery);
+    this.#pool = options.runner;
+    this.#extents = new GuardedDirtyExtents(options.bitmap, options.locks, options.testHooks);
+    this.#scheduler = new CopyScheduler({
+      pool: this.#pool,
+      source: options.source,
+      target: options.target,
+      chunkSize: options.chunkSize,
+      queueDepth: options.queueDepth,
+      batchExtents: batchExtentsFor(options.queueDepth, options.workers),
+      detectZeroes: true,
+      // An extent may have been copied before, so a zero chunk must be checked against the target.
+      targetIsZero: false,
+      limiter: this.limiter,
+      onBatch: (outcome) => this.#onBatch(outcome),
+      onIdle: () => this.#checkClean(),
+      preemptAfterRead: options.testHooks?.skipWriteBlockingWait === true,
+      waitForWork: (ms) => (options.bitmap.count() > 0 ? new Promise((r) => setTimeout(r, ms)) : options.bitmap.changed(ms)),
+    });
+  }
+
+  get inFlightBytes(): number {
+    return this.#scheduler.inFlightBytes;
+  }
+
+  get scheduler(): CopyScheduler {
+    return this.#scheduler;
+  }
+
+  /** Nothing dirty and nothing in flight. */
+  get clean(): boolean {
+    return this.#o.bitmap.count() === 0 && this.#scheduler.inFlightExtents === 0;
+  }
+
+  start(): void {
+    this.#running ??= this.#scheduler.run(this.#extents);
+  }
+
+  /** New dirty bits, a new speed: look again now. */
+  notify(): void {
+    this.#scheduler.notify();
+  }
+
+  /** Stops dispatching; resolves once no copy I/O is in flight. */
+  async pause(): Promise<void> {
+    this.#scheduler.pause();
+    await this.#scheduler.drain();
+  }
+
+  resume(): void {
+    this.#scheduler.resume();
+  }
+
+  setSpeed(bytesPerSecond: number): void {
+    this.limiter.setSpeed(bytesPerSecond);
+    this.#scheduler.notify();
+  }
+
+  /** Resolves the next time nothing is dirty and nothing is in flight (at once if so now). */
+  whenClean(): Promise<void> {
+    if (this.clean) return Promise.resolve();
+    return new Promise((resolve) => {
+      this.#cleanWaiters.push(resolve);
+      this.#scheduler.notify();
+    });
+  }
+
+  /** Stops for good: waits for the batches in flight, then stops the workers. */
+  async stop(): Promise<void> {
+    this.#scheduler.stop();
+    await this.#running;
+    await this.#scheduler.drain();
+    await this.#pool.close();
+    // A paced flush that failed is not an error here: the job's own final flush decides.
+    await this.#pacer.settle().catch(() => undefined);
+  }
+
+  #onBatch(outcome: BatchOutcome): void {
+    const { extents, result } = outcome;
+    const failed: FailedExtent[] = [];
+    let failedBytes = 0;
+    for (const failure of result.failures) {
+      const offset = extents[2 * failure.index]!;
+      const length = extents[2 * failure.index + 1]!;
+      this.#o.bitmap.mark(offset, length); // a failed copy sets the bits it cleared again
+      failed.push({ offset, length, failure });
+      failedBytes += length;
+    }
+    this.#extents.release(extents);
+    this.bytesCopied += outcome.bytes - failedBytes;
+    this.#pacer.noteWritten(result.bytesWritten);
+    this.#o.onBatch?.(outcome);
+    if (failed.length) this.#o.onFailures(failed);
+    this.#checkClean();
+  }
+
+  #checkClean(): void {
+    if (this.#cleanWaiters.length === 0 || !this.clean) return;
+    const waiters = this.#cleanWaiters;
+    this.#cleanWaiters = [];
+    for (const w of waiters) w();
+  }
+}

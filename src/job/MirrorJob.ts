@@ -1,0 +1,445 @@
+import { EventEmitter } from 'node:events';
+import { performance } from 'node:perf_hooks';
+import type { DirtyBitmap } from '../bitmap/DirtyBitmap.js';
+import { ErrorCode, IoError, JobError } from '../errors.js';
+import type { BlockDevice, DeviceSpec } from '../io/BlockDevice.js';
+import { RateMeter } from '../sched/RateMeter.js';
+import { resolveErrorAction, type ErrorAction, type ErrorPolicy, type IoStatus } from './errorPolicy.js';
+import { JOB_VERBS, JobStatus, canTransition, isActive, type JobStatusValue, type JobVerb } from './JobStatus.js';
+import type { FailedExtent, MirrorCopier } from './MirrorCopier.js';
+import type { RangeLocks } from './RangeLocks.js';
+import type { CopyMode, TrackedDevice, UnsafeTestHooks } from './TrackedDevice.js';
+import type { SharedTracker } from './TrackedWriter.js';
+import type { WriterGate } from './WriterGate.js';
+
+/** Rate meters and the progress they feed are sampled this often while the job runs. */
+const SAMPLE_INTERVAL_MS = 200;
+
+/** A mirror job's progress. Sizes in bytes, rates in bytes per second. */
+export interface MirrorProgress {
+  /** Total work so far, as in QEMU: grows as new writes dirty clean extents. */
+  readonly len: number;
+  /** Work done; `offset === len` when in sync. */
+  readonly offset: number;
+  readonly dirtyBytes: number;
+  readonly inFlightBytes: number;
+  readonly bytesCopied: number;
+  readonly copyRate: number;
+  /** Bytes newly dirtied per second. */
+  readonly dirtyRate: number;
+  /** Seconds to ready at the current rates (Infinity when the backlog is not shrinking). */
+  readonly etaToReady: number;
+  /** True when nothing is dirty and nothing is in flight. */
+  readonly synced: boolean;
+}
+
+/** How a job ended. */
+export type JobOutcome =
+  | { readonly status: 'completed'; readonly pivoted: true; readonly len: number; readonly offset: number }
+  | { readonly status: 'cancelled'; readonly consistent: boolean; readonly len: number; readonly offset: number }
+  | { readonly status: 'failed'; readonly error: Error; readonly len: number; readonly offset: number };
+
+/** The payload of a job's `error` event. */
+export interface JobErrorEvent {
+  readonly operation: 'read' | 'write' | 'flush';
+  readonly action: ErrorAction;
+  readonly errno: string;
+  readonly offset: number | undefined;
+  readonly length: number | undefined;
+  readonly message: string;
+}
+
+/** Events a MirrorJob emits, with their payloads. */
+export interface MirrorJobEvents {
+  'status-change': [{ status: JobStatusValue; previous: JobStatusValue }];
+  ready: [{ len: number; offset: number }];
+  completed: [{ len: number; offset: number }];
+  cancelled: [{ len: number; offset: number; consistent: boolean }];
+  error: [JobErrorEvent];
+}
+
+/** What a job is made of; `startMirror` puts it together. */
+export interface MirrorJobParts {
+  readonly id: string;
+  readonly size: number;
+  readonly sourceSpec: DeviceSpec;
+  readonly targetSpec: DeviceSpec;
+  readonly source: BlockDevice;
+  readonly target: BlockDevice;
+  readonly bitmap: DirtyBitmap;
+  readonly gate: WriterGate;
+  readonly locks: RangeLocks;
+  readonly device: TrackedDevice;
+  readonly copier: MirrorCopier;
+  readonly onSourceError: ErrorPolicy;
+  readonly onTargetError: ErrorPolicy;
+  readonly autoFinalize: boolean;
+  readonly autoDismiss: boolean;
+  readonly testHooks?: UnsafeTestHooks;
+}
+
+/**
+ * A live mirror: copies the source to the target while the application writes through
+ * `job.device`, reaches `ready` when the two are in sync, and ends with a pivot (`complete`) or a
+ * consistent copy (`cancel` once ready). States and verbs follow QEMU's block jobs.
+ */
+export class MirrorJob extends EventEmitter<MirrorJobEvents> {
+  readonly id: string;
+  /** The write interceptor: do the application's I/O through it while the job runs. */
+  readonly device: TrackedDevice;
+  /** Settles once the job has concluded. */
+  readonly result: Promise<JobOutcome>;
+  readonly #p: MirrorJobParts;
+  #status: JobStatusValue = JobStatus.CREATED;
+  #ioStatus: IoStatus = 'ok';
+  #everReady = false;
+  #pausedByUser = false;
+  #finishing = false;
+  #outcome: JobOutcome | undefined;
+  #settle!: (o: JobOutcome) => void;
+  #finalizeRequested: (() => void) | undefined;
+  #resumeWaiters: Array<() => void> = [];
+  readonly #copyMeter = new RateMeter();
+  readonly #dirtyMeter = new RateMeter();
+  #sampler: NodeJS.Timeout | undefined;
+
+  constructor(parts: MirrorJobParts) {
+    super();
+    this.#p = parts;
+    this.id = parts.id;
+    this.device = parts.device;
+    this.result = new Promise((resolve) => (this.#settle = resolve));
+  }
+
+  get status(): JobStatusValue {
+    return this.#status;
+  }
+
+  /** 'failed' or 'nospace' while stopped by an error policy, else 'ok'. */
+  get ioStatus(): IoStatus {
+    return this.#ioStatus;
+  }
+
+  get copyMode(): CopyMode {
+    return this.device.copyMode;
+  }
+
+  /** Current speed limit in bytes per second (0: none). */
+  get speed(): number {
+    return this.#p.copier.limiter.bytesPerSecond;
+  }
+
+  get size(): number {
+    return this.#p.size;
+  }
+
+  /** True when the job is paused by the user or stopped by an error. */
+  get paused(): boolean {
+    return this.#status === JobStatus.PAUSED || this.#status === JobStatus.STANDBY;
+  }
+
+  /** True while the job moves data (not paused, not concluded). */
+  get busy(): boolean {
+    return (this.#status === JobStatus.RUNNING || this.#status === JobStatus.READY) && !this.#p.copier.clean;
+  }
+
+  /** @internal Starts copying; `startMirror` calls this. */
+  start(): void {
+    this.#p.copier.start();
+    this.#transition(JobStatus.RUNNING);
+    this.#sampler = setInterval(() => this.#sample(), SAMPLE_INTERVAL_MS).unref();
+    void this.#driveToReady();
+  }
+
+  progress(): MirrorProgress {
+    const { copier, bitmap } = this.#p;
+    const dirtyBytes = bitmap.dirtyBytes();
+    const inFlightBytes = copier.inFlightBytes;
+    const offset = copier.bytesCopied;
+    const len = offset + dirtyBytes + inFlightBytes;
+    const copyRate = this.#copyMeter.rate;
+    const dirtyRate = this.#dirtyMeter.rate;
+    const backlog = dirtyBytes + inFlightBytes;
+    const net = copyRate - dirtyRate;
+    return {
+      len,
+      offset,
+      dirtyBytes,
+      inFlightBytes,
+      bytesCopied: offset,
+      copyRate,
+      dirtyRate,
+      etaToReady: backlog === 0 ? 0 : net > 0 ? backlog / net : Number.POSITIVE_INFINITY,
+      synced: backlog === 0,
+    };
+  }
+
+  /**
+   * A handle for writers on other threads (post it to them; open it there with
+   * `TrackedWriter.open`). Their writes are tracked as background writes in either copy mode.
+   */
+  tracker(): SharedTracker {
+    this.device.disallowClearingCovered();
+    return {
+      size: this.#p.size,
+      source: this.#p.sourceSpec,
+      target: this.#p.targetSpec,
+      bitmap: this.#p.bitmap.share(),
+      gate: this.#p.gate.share(),
+      ...(this.#p.testHooks?.markBeforeWrite ? { testHooks: { markBeforeWrite: true } } : {}),
+    };
+  }
+
+  /** Pivots to the target once in sync: writers are quiesced, the rest copied, the target flushed. */
+  async complete(): Promise<JobOutcome> {
+    this.#assertVerb('complete');
+    return this.#finish('complete');
+  }
+
+  /**
+   * Cancels the job. Once ready (and without `force`) the rest is copied first and the target is
+   * a consistent copy as of the cancel; otherwise the job stops at once and the target is not one.
+   */
+  async cancel(options: { force?: boolean } = {}): Promise<JobOutcome> {
+    this.#assertVerb('cancel');
+    if (this.#status === JobStatus.STANDBY && !options.force) this.resume();
+    if (this.#status === JobStatus.READY && !options.force) return this.#finish('cancel');
+    await this.#abort(undefined);
+    return this.result;
+  }
+
+  /** Holds the job: no copy I/O once the operations in flight are done. Writes are still tracked. */
+  async pause(): Promise<void> {
+    this.#assertVerb('pause');
+    this.#pausedByUser = true;
+    await this.#enterPause();
+  }
+
+  resume(): void {
+    this.#assertVerb('resume');
+    this.#pausedByUser = false;
+    this.#ioStatus = 'ok';
+    this.#transition(this.#status === JobStatus.STANDBY ? JobStatus.READY : JobStatus.RUNNING);
+    this.#p.copier.resume();
+    const waiters = this.#resumeWaiters;
+    this.#resumeWaiters = [];
+    for (const w of waiters) w();
+  }
+
+  /** Changes the copy rate limit at once, also while the copier waits on the old one. 0: none. */
+  setSpeed(bytesPerSecond: number): void {
+    this.#assertVerb('setSpeed');
+    if (!Number.isSafeInteger(bytesPerSecond) || bytesPerSecond < 0) {
+      throw new JobError(ErrorCode.INVALID_OPTION, `speed must be a whole number of bytes per second, not ${bytesPerSecond}`);
+    }
+    this.#p.copier.setSpeed(bytesPerSecond);
+  }
+
+  /** Switches from background to write-blocking copying (the other way is not allowed, as in QEMU). */
+  async changeCopyMode(mode: CopyMode): Promise<void> {
+    this.#assertVerb('changeCopyMode');
+    if (mode === this.device.copyMode) return;
+    if (mode !== 'write-blocking') {
+      throw new JobError(ErrorCode.JOB_STATE, `job ${this.id}: copy mode can only change from background to write-blocking`);
+    }
+    // No background write may still be in flight when write-blocking writes start taking locks.
+    await this.#p.gate.close();
+    this.device.setCopyMode(mode);
+    this.#p.gate.open();
+  }
+
+  /** With `autoFinalize: false`, a completed job waits in `pending` until this is called. */
+  finalize(): void {
+    this.#assertVerb('finalize');
+    this.#finalizeRequested?.();
+  }
+
+  /** With `autoDismiss: false`, a concluded job stays queryable until this is called. */
+  dismiss(): void {
+    this.#assertVerb('dismiss');
+    this.#transition(JobStatus.NULL);
+  }
+
+  /** Releases the job's devices once it has concluded; `job.device` is unusable afterwards. */
+  async close(): Promise<void> {
+    if (!this.#outcome) throw new JobError(ErrorCode.JOB_STATE, `job ${this.id} is still ${this.#status}; cancel or complete it first`);
+    await Promise.all([this.#p.source.close(), this.#p.target.close()]);
+  }
+
+  /** @internal Quiesces this job's writers (transactions quiesce several jobs together). */
+  quiesce(): Promise<void> {
+    return this.#p.gate.close();
+  }
+
+  /** @internal Lets this job's writers go again. */
+  unquiesce(): void {
+    this.#p.gate.open();
+  }
+
+  /** @internal Called by the copier with failed extents (already marked dirty again). */
+  handleCopyFailures(failed: readonly FailedExtent[]): void {
+    for (const { offset, length, failure } of failed) {
+      const side = failure.operation === 'read' ? 'source' : 'target';
+      this.#handleError(side, { operation: failure.operation, errno: failure.errno, offset, length, message: failure.message });
+    }
+  }
+
+  /** @internal Called by the interceptor when a write-blocking write missed the target. */
+  handleTargetWriteError(err: IoError): void {
+    this.#handleError('target', { operation: 'write', errno: err.errno, offset: err.offset, length: err.length, message: err.message });
+  }
+
+  /** @internal New dirty bits: wake the copier. */
+  notifyDirty(): void {
+    this.#p.copier.notify();
+  }
+
+  #handleError(side: 'source' | 'target', e: Omit<JobErrorEvent, 'action'>): void {
+    if (this.#outcome) return;
+    const policy = side === 'source' ? this.#p.onSourceError : this.#p.onTargetError;
+    let action = resolveErrorAction(policy, e.errno);
+    // Finishing cannot stop half-way with writers quiesced: a stop there fails the job instead.
+    if (action === 'stop' && this.#finishing) action = 'report';
+    // EventEmitter throws on an 'error' nobody listens to; the outcome reports failures anyway.
+    if (this.listenerCount('error') > 0) this.emit('error', { ...e, action });
+    if (action === 'report') {
+      void this.#abort(new IoError(e.errno, e.operation, e.message, { offset: e.offset, length: e.length }));
+    } else if (action === 'stop' && isActive(this.#status) && !this.paused) {
+      this.#ioStatus = e.errno === 'ENOSPC' ? 'nospace' : 'failed';
+      void this.#enterPause();
+    }
+  }
+
+  async #enterPause(): Promise<void> {
+    const ready = this.#status === JobStatus.READY;
+    if (this.#status === JobStatus.RUNNING || ready) this.#transition(ready ? JobStatus.STANDBY : JobStatus.PAUSED);
+    await this.#p.copier.pause();
+  }
+
+  #waitForResume(): Promise<void> {
+    if (!this.paused) return Promise.resolve();
+    return new Promise((resolve) => this.#resumeWaiters.push(resolve));
+  }
+
+  /** Copies until in sync, flushes the target, and goes to ready (once; READY is sticky here). */
+  async #driveToReady(): Promise<void> {
+    const { copier, target } = this.#p;
+    while (!this.#outcome && !this.#everReady) {
+      await copier.whenClean();
+      if (this.#outcome || this.#finishing) return;
+      if (this.paused) {
+        await this.#waitForResume();
+        continue;
+      }
+      try {
+        await target.flush();
+      } catch (err) {
+        const io = err instanceof IoError ? err : undefined;
+        this.#handleError('target', { operation: 'flush', errno: io?.errno ?? 'EIO', offset: undefined, length: undefined, message: String(err) });
+        await this.#waitForResume();
+        continue;
+      }
+      // Ready means proven (invariant 4): still nothing dirty and nothing in flight after the flush.
+      if (copier.clean && this.#status === JobStatus.RUNNING && !this.#outcome) {
+        this.#everReady = true;
+        this.#transition(JobStatus.READY);
+        const p = this.progress();
+        this.emit('ready', { len: p.len, offset: p.offset });
+      }
+    }
+  }
+
+  /**
+   * The end of a job in sync: quiesce writers, copy what is left, flush, re-check under quiesce
+   * (invariant 4), then pivot (complete) or not (cancel), and conclude.
+   */
+  async #finish(kind: 'complete' | 'cancel'): Promise<JobOutcome> {
+    if (this.#finishing) return this.result;
+    this.#finishing = true;
+    const { copier, gate, target } = this.#p;
+    this.#transition(JobStatus.WAITING);
+    this.#transition(JobStatus.PENDING);
+    if (!this.#p.autoFinalize) await new Promise<void>((resolve) => (this.#finalizeRequested = resolve));
+    if (this.#outcome) return this.result;
+    // Writers stay out from here on, so nothing new can be dirtied; only a failed copy re-marks.
+    await gate.close();
+    for (;;) {
+      await Promise.race([copier.whenClean(), this.result]);
+      if (this.#outcome) {
+        gate.open();
+        return this.result;
+      }
+      try {
+        await target.flush();
+      } catch (err) {
+        gate.open();
+        const io = err instanceof IoError ? err : undefined;
+        await this.#abort(new IoError(io?.errno ?? 'EIO', 'flush', `final flush of the target failed: ${String(err)}`, { cause: err }));
+        return this.result;
+      }
+      if (copier.clean) break;
+    }
+    if (kind === 'complete') gate.pivot();
+    gate.stopTracking();
+    gate.open();
+    await copier.stop();
+    const p = this.progress();
+    this.#conclude(
+      kind === 'complete'
+        ? { status: 'completed', pivoted: true, len: p.len, offset: p.offset }
+        : { status: 'cancelled', consistent: true, len: p.len, offset: p.offset },
+    );
+    if (kind === 'complete') this.emit('completed', { len: p.len, offset: p.offset });
+    else this.emit('cancelled', { len: p.len, offset: p.offset, consistent: true });
+    return this.result;
+  }
+
+  /** Stops at once: a failure (`error`) or a cancel before ready / forced. */
+  async #abort(error: Error | undefined): Promise<void> {
+    if (this.#outcome || this.#status === JobStatus.ABORTING) return;
+    this.#transition(JobStatus.ABORTING);
+    this.#p.gate.stopTracking();
+    this.#p.gate.open();
+    await this.#p.copier.stop();
+    const p = this.progress();
+    if (error) {
+      this.#conclude({ status: 'failed', error: new JobError(ErrorCode.JOB_FAILED, `job ${this.id} failed: ${error.message}`, { cause: error }), len: p.len, offset: p.offset });
+    } else {
+      this.#conclude({ status: 'cancelled', consistent: false, len: p.len, offset: p.offset });
+      this.emit('cancelled', { len: p.len, offset: p.offset, consistent: false });
+    }
+  }
+
+  #conclude(outcome: JobOutcome): void {
+    clearInterval(this.#sampler);
+    this.#outcome = outcome;
+    this.#transition(JobStatus.CONCLUDED);
+    this.#settle(outcome);
+    const waiters = this.#resumeWaiters;
+    this.#resumeWaiters = [];
+    for (const w of waiters) w();
+    if (this.#p.autoDismiss) this.#transition(JobStatus.NULL);
+  }
+
+  #sample(): void {
+    const now = performance.now();
+    const p = this.progress();
+    this.#copyMeter.sample(p.offset, now);
+    this.#dirtyMeter.sample(p.len, now);
+  }
+
+  #assertVerb(verb: JobVerb): void {
+    const allowed: readonly JobStatusValue[] = JOB_VERBS[verb];
+    if (!allowed.includes(this.#status)) {
+      throw new JobError(ErrorCode.JOB_STATE, `job ${this.id} cannot ${verb} while ${this.#status} (allowed: ${allowed.join(', ')})`);
+    }
+  }
+
+  #transition(to: JobStatusValue): void {
+    const previous = this.#status;
+    if (previous === to) return;
+    if (!canTransition(previous, to)) throw new Error(`internal: job ${this.id} cannot go from ${previous} to ${to}`);
+    this.#status = to;
+    this.emit('status-change', { status: to, previous });
+  }
+}

@@ -1,0 +1,110 @@
+/** A waiting writer re-checks at least this often. */
+const WAIT_SLICE_MS = 1000;
+
+/**
+ * Atomics.waitAsync does not keep a thread's event loop alive, so a writer thread with nothing
+ * else to do would exit mid-wait; a timer alongside it keeps the thread up until the wait ends.
+ */
+async function waitWhile(words: Int32Array, index: number, value: number): Promise<void> {
+  const wait = Atomics.waitAsync(words, index, value, WAIT_SLICE_MS);
+  if (!wait.async) return;
+  const keepAlive = setTimeout(() => {}, WAIT_SLICE_MS + 100);
+  try {
+    await wait.value;
+  } finally {
+    clearTimeout(keepAlive);
+  }
+}
+
+/** Word indexes in the gate's shared memory. */
+const GATE = 0;
+const ACTIVE = 1;
+const PIVOTED = 2;
+const TRACKING = 3;
+const WORDS = 4;
+
+/** The gate's shared memory, as posted to writer threads. */
+export interface SharedGate {
+  readonly buffer: SharedArrayBuffer;
+}
+
+/**
+ * Lets the coordinator quiesce writers on any thread: writers `enter` before a write and `exit`
+ * after it (and after marking the bitmap); the coordinator `close`s the gate and waits until no
+ * writer is inside, then `open`s it again. Also carries two flags writers read on entry: whether
+ * the job has pivoted (writes go to the target) and whether writes still need tracking.
+ *
+ * A writer raises the active count before it looks at the gate, and the coordinator closes the
+ * gate before it reads the count (both sequentially consistent), so neither can miss the other.
+ */
+export class WriterGate {
+  readonly #words: Int32Array;
+
+  private constructor(buffer: SharedArrayBuffer) {
+    this.#words = new Int32Array(buffer);
+  }
+
+  static create(): WriterGate {
+    const gate = new WriterGate(new SharedArrayBuffer(WORDS * 4));
+    Atomics.store(gate.#words, TRACKING, 1);
+    return gate;
+  }
+
+  static fromShared(shared: SharedGate): WriterGate {
+    return new WriterGate(shared.buffer);
+  }
+
+  share(): SharedGate {
+    return { buffer: this.#words.buffer as SharedArrayBuffer };
+  }
+
+  /** Writes go to the target from now on. */
+  get pivoted(): boolean {
+    return Atomics.load(this.#words, PIVOTED) === 1;
+  }
+
+  /** False once the job has ended: writes need no marking any more. */
+  get tracking(): boolean {
+    return Atomics.load(this.#words, TRACKING) === 1;
+  }
+
+  /** Writers currently inside. */
+  get active(): number {
+    return Atomics.load(this.#words, ACTIVE);
+  }
+
+  /** Waits until the gate is open and counts the caller in. */
+  async enter(): Promise<void> {
+    for (;;) {
+      Atomics.add(this.#words, ACTIVE, 1);
+      if (Atomics.load(this.#words, GATE) === 0) return;
+      this.exit();
+      await waitWhile(this.#words, GATE, 1);
+    }
+  }
+
+  exit(): void {
+    if (Atomics.sub(this.#words, ACTIVE, 1) === 1) Atomics.notify(this.#words, ACTIVE);
+  }
+
+  /** Closes the gate and resolves once no writer is inside. */
+  async close(): Promise<void> {
+    Atomics.store(this.#words, GATE, 1);
+    for (let n = this.active; n !== 0; n = this.active) await waitWhile(this.#words, ACTIVE, n);
+  }
+
+  open(): void {
+    Atomics.store(this.#words, GATE, 0);
+    Atomics.notify(this.#words, GATE);
+  }
+
+  /** Sends writes to the target from now on (the gate should be closed). */
+  pivot(): void {
+    Atomics.store(this.#words, PIVOTED, 1);
+  }
+
+  /** The job has ended: writers stop marking. */
+  stopTracking(): void {
+    Atomics.store(this.#words, TRACKING, 0);
+  }
+}

@@ -1,0 +1,181 @@
+import { DEFAULT_GRANULARITY, DirtyBitmap } from '../bitmap/DirtyBitmap.js';
+import { loadBitmap } from '../bitmap/BitmapFile.js';
+import { BitmapError, ErrorCode, InvalidArgumentError } from '../errors.js';
+import type { BlockDevice, DeviceSpec } from '../io/BlockDevice.js';
+import { deviceSpecFor } from '../io/location.js';
+import { openDevice } from '../io/openDevice.js';
+import { checkTargetSize, prepareTarget } from '../io/prepareTarget.js';
+import { createCopyRunner } from '../workers/createCopyRunner.js';
+import { DEFAULT_CHUNK_SIZE, DEFAULT_FLUSH_EVERY, defaultWorkers } from '../sched/tuning.js';
+import { isPowerOfTwo } from '../util/size.js';
+import { ERROR_POLICIES, type ErrorPolicy } from './errorPolicy.js';
+import { MirrorCopier } from './MirrorCopier.js';
+import { MirrorJob } from './MirrorJob.js';
+import { RangeLocks } from './RangeLocks.js';
+import { TrackedDevice, type CopyMode, type UnsafeTestHooks } from './TrackedDevice.js';
+import { WriterGate } from './WriterGate.js';
+
+/** Default bytes in flight (QEMU's mirror buffer is 16 MiB too). */
+export const DEFAULT_BUFFER_SIZE = 16 << 20;
+
+/** What a mirror copies: everything, only what is written from now on, or what a bitmap marks. */
+export type SyncMode = 'full' | 'none' | 'bitmap';
+
+/** Options of {@link startMirror}. Sizes in bytes. */
+export interface MirrorOptions {
+  /** A path (or a device spec). Opened read-write: the application writes to it through `job.device`. */
+  readonly source: string | DeviceSpec;
+  /** A path (created, sized to the source, if missing) or a device spec. */
+  readonly target: string | DeviceSpec;
+  /** Job id (default `mirror-N`). */
+  readonly id?: string;
+  readonly sync?: SyncMode;
+  /** With `sync: 'bitmap'`: the dirty bitmap to start from, or a persistent bitmap file. */
+  readonly bitmap?: DirtyBitmap | string;
+  readonly copyMode?: CopyMode;
+  /** Bytes per dirty bit (power of two, 512 B to 64 MiB; default 64 KiB). */
+  readonly granularity?: number;
+  /** Bytes in flight at most (default 16 MiB). */
+  readonly bufferSize?: number;
+  /** Largest extent one copy operation moves (default 1 MiB, at least the granularity). */
+  readonly chunkSize?: number;
+  readonly workers?: number;
+  /** Copy rate limit in bytes per second (0: none). */
+  readonly speed?: number;
+  readonly onSourceError?: ErrorPolicy;
+  readonly onTargetError?: ErrorPolicy;
+  /** Pivot as soon as `complete` has synced (default); else wait in `pending` for `finalize`. */
+  readonly autoFinalize?: boolean;
+  /** Drop a concluded job at once (default); else keep it until `dismiss`. */
+  readonly autoDismiss?: boolean;
+  readonly direct?: boolean;
+  /** @internal Broken orders for tests of the stress test. */
+  readonly unsafeTestHooks?: UnsafeTestHooks;
+}
+
+let jobCounter = 0;
+
+function invalid(message: string): InvalidArgumentError {
+  return new InvalidArgumentError(ErrorCode.INVALID_OPTION, message);
+}
+
+function checkOptions(o: MirrorOptions): { granularity: number; chunkSize: number; queueDepth: number; workers: number; speed: number } {
+  const granularity = o.granularity ?? DEFAULT_GRANULARITY;
+  if (!isPowerOfTwo(granularity) || granularity < 512 || granularity > 64 << 20) {
+    throw invalid(`granularity must be a power of two from 512 to 64M, not ${granularity}`);
+  }
+  const chunkSize = Math.max(o.chunkSize ?? DEFAULT_CHUNK_SIZE, granularity);
+  if (!isPowerOfTwo(chunkSize) || chunkSize > 64 << 20) throw invalid(`chunk size must be a power of two up to 64M, not ${chunkSize}`);
+  const bufferSize = o.bufferSize ?? DEFAULT_BUFFER_SIZE;
+  if (!Number.isSafeInteger(bufferSize) || bufferSize < chunkSize) {
+    throw invalid(`buffer size must be at least one chunk (${chunkSize} bytes), not ${bufferSize}`);
+  }
+  const workers = o.workers ?? defaultWorkers();
+  if (!Number.isSafeInteger(workers) || workers < 1 || workers > 64) throw invalid(`workers must be from 1 to 64, not ${workers}`);
+  const speed = o.speed ?? 0;
+  if (!Number.isSafeInteger(speed) || speed < 0) throw invalid(`speed must be a whole number of bytes per second, not ${speed}`);
+  for (const [name, policy] of [['onSourceError', o.onSourceError], ['onTargetError', o.onTargetError]] as const) {
+    if (policy !== undefined && !ERROR_POLICIES.includes(policy)) throw invalid(`${name} must be one of ${ERROR_POLICIES.join(', ')}, not ${policy}`);
+  }
+  if (o.sync !== undefined && !['full', 'none', 'bitmap'].includes(o.sync)) throw invalid(`sync must be full, none or bitmap, not ${o.sync}`);
+  if (o.sync === 'bitmap' && o.bitmap === undefined) throw invalid(`sync 'bitmap' needs a bitmap to start from`);
+  if (o.copyMode !== undefined && o.copyMode !== 'background' && o.copyMode !== 'write-blocking') {
+    throw invalid(`copy mode must be background or write-blocking, not ${String(o.copyMode)}`);
+  }
+  return { granularity, chunkSize, queueDepth: Math.floor(bufferSize / chunkSize), workers, speed };
+}
+
+async function startBitmap(o: MirrorOptions, size: number, granularity: number): Promise<DirtyBitmap> {
+  const bitmap = DirtyBitmap.create(size, granularity);
+  const sync = o.sync ?? 'full';
+  if (sync === 'full') bitmap.markAll();
+  if (sync !== 'bitmap') return bitmap;
+  const from = typeof o.bitmap === 'string' ? (await loadBitmap(o.bitmap, { size, granularity })).bitmap : o.bitmap!;
+  if (from.size !== size || from.granularity !== granularity) {
+    throw new BitmapError(
+      ErrorCode.BITMAP_GEOMETRY,
+      `the starting bitmap covers ${from.size} bytes at ${from.granularity} per bit; the job needs ${size} at ${granularity}`,
+    );
+  }
+  bitmap.merge(from);
+  return bitmap;
+}
+
+/**
+ * Starts a live mirror of `source` to `target` and resolves once it is running. Do the
+ * application's I/O through `job.device` (or, on other threads, through `job.tracker()`).
+ */
+export async function startMirror(options: MirrorOptions): Promise<MirrorJob> {
+  const tuning = checkOptions(options);
+  const sourceSpec =
+    typeof options.source === 'string' ? deviceSpecFor(options.source, { role: 'source', writable: true, direct: options.direct }) : options.source;
+  const opened: BlockDevice[] = [];
+  try {
+    const source = await openDevice(sourceSpec);
+    opened.push(source);
+    const targetSpec =
+      typeof options.target === 'string' ? deviceSpecFor(options.target, { role: 'target', writable: true, direct: options.direct }) : options.target;
+    await prepareTarget(targetSpec, sourceSpec, source.size);
+    const target = await openDevice(targetSpec);
+    opened.push(target);
+    checkTargetSize(target.description, target.size, source.size);
+
+    const bitmap = await startBitmap(options, source.size, tuning.granularity);
+    const gate = WriterGate.create();
+    const locks = new RangeLocks();
+    // The job and its parts refer to each other through these callbacks.
+    let job: MirrorJob | undefined;
+    const device = new TrackedDevice({
+      source,
+      target,
+      bitmap,
+      gate,
+      locks,
+      copyMode: options.copyMode ?? 'background',
+      testHooks: options.unsafeTestHooks,
+      listener: {
+        onDirtied: () => job?.notifyDirty(),
+        onTargetWriteError: (err) => job?.handleTargetWriteError(err),
+      },
+    });
+    const { runner, plan } = createCopyRunner(source, target, sourceSpec, tuning.workers);
+    const copier = new MirrorCopier({
+      runner,
+      source: sourceSpec,
+      target: targetSpec,
+      bitmap,
+      locks,
+      chunkSize: Math.min(tuning.chunkSize, source.maxRequest, target.maxRequest),
+      queueDepth: tuning.queueDepth,
+      workers: plan.inline ? 1 : tuning.workers,
+      speed: tuning.speed,
+      testHooks: options.unsafeTestHooks,
+      flushTarget: () => target.flush(),
+      flushEvery: DEFAULT_FLUSH_EVERY,
+      onFailures: (failed) => job?.handleCopyFailures(failed),
+    });
+    job = new MirrorJob({
+      id: options.id ?? `mirror-${++jobCounter}`,
+      size: source.size,
+      sourceSpec,
+      targetSpec,
+      source,
+      target,
+      bitmap,
+      gate,
+      locks,
+      device,
+      copier,
+      onSourceError: options.onSourceError ?? 'report',
+      onTargetError: options.onTargetError ?? 'report',
+      autoFinalize: options.autoFinalize ?? true,
+      autoDismiss: options.autoDismiss ?? true,
+      testHooks: options.unsafeTestHooks,
+    });
+    job.start();
+    return job;
+  } catch (err) {
+    await Promise.all(opened.map((d) => d.close()));
+    throw err;
+  }
+}

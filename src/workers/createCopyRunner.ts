@@ -1,0 +1,28 @@
+import type { BlockDevice, DeviceSpec } from '../io/BlockDevice.js';
+import { planConnections, type ConnectionPlan } from '../job/connectionPlan.js';
+import type { TaskRunner } from '../sched/CopyScheduler.js';
+import { TASKS_PER_WORKER } from '../sched/tuning.js';
+import { CopyPool } from './CopyPool.js';
+import { InlineCopyRunner } from './InlineCopyRunner.js';
+
+/** Runs copy tasks and is closed when the copy ends. */
+export interface CopyRunner extends TaskRunner {
+  close(): Promise<void>;
+}
+
+/**
+ * The runner a copy between two open devices should use: the worker pool for files, or the
+ * coordinator's own devices when an NBD export is involved (see connectionPlan.ts).
+ */
+export function createCopyRunner(
+  source: BlockDevice,
+  target: BlockDevice,
+  sourceSpec: DeviceSpec,
+  workers: number,
+): { runner: CopyRunner; plan: ConnectionPlan } {
+  const plan = planConnections(source, target);
+  const runner = plan.inline
+    ? new InlineCopyRunner(source, target, sourceSpec.kind === 'file' && sourceSpec.direct === true)
+    : new CopyPool({ workers, tasksPerWorker: TASKS_PER_WORKER });
+  return { runner, plan };
+}
