@@ -6,9 +6,11 @@ interface Hold {
 }
 
 /**
- * Keeps intercepted writes and copies of overlapping ranges apart in write-blocking mode
- * (DESIGN.md invariant 3): a write waits for overlapping copies and writes in flight; a copy of a
- * range that a write holds or waits for is not started (the caller puts it back as dirty).
+ * Keeps overlapping operations apart. A write-blocking write waits for overlapping copies and
+ * writes in flight (DESIGN.md invariant 3). A copy is not started over a range that a write holds
+ * or waits for, nor over one another copy holds: two copies of one extent in flight could land
+ * out of order, the older read last, and leave stale data with no dirty bit to fix it (QEMU's
+ * mirror waits on such conflicts too). The caller puts a refused extent back as dirty.
  * Holders are few (operations in flight), so a list scan is enough.
  */
 export class RangeLocks {
@@ -36,16 +38,16 @@ export class RangeLocks {
     return () => this.#release(want);
   }
 
-  /** Holds [start, end) for a copy unless a write holds or waits for any of it. */
+  /** Holds [start, end) for a copy unless another copy or a write holds, or a write waits for, any of it. */
   tryHoldCopy(start: number, end: number): (() => void) | undefined {
-    if (this.#overlaps(start, end, this.#holds, 'write') || this.#overlaps(start, end, this.#waitingWrites)) return undefined;
+    if (this.#overlaps(start, end, this.#holds) || this.#overlaps(start, end, this.#waitingWrites)) return undefined;
     const hold: Hold = { start, end, kind: 'copy' };
     this.#holds.add(hold);
     return () => this.#release(hold);
   }
 
-  #overlaps(start: number, end: number, holds: Iterable<Hold>, kind?: Hold['kind']): boolean {
-    for (const h of holds) if ((kind === undefined || h.kind === kind) && h.start < end && start < h.end) return true;
+  #overlaps(start: number, end: number, holds: Iterable<Hold>): boolean {
+    for (const h of holds) if (h.start < end && start < h.end) return true;
     return false;
   }
 

@@ -33,6 +33,11 @@ async function faultyMirror(side: 'source' | 'target', policy: ErrorPolicy): Pro
   return { job, plan, src, dst, errors };
 }
 
+/** Stopped, with the copies that were in flight when it stopped finished (their errors seen). */
+function stoppedAndDrained(job: MirrorJob): Promise<void> {
+  return until(job, () => job.status === 'paused' && job.progress().inFlightBytes === 0);
+}
+
 function until(job: MirrorJob, pred: () => boolean): Promise<void> {
   return new Promise((resolve) => {
     const t = setInterval(() => pred() && (clearInterval(t), resolve()), 5);
@@ -72,7 +77,7 @@ describe('error policies', () => {
   it('stop: the job pauses with io-status failed, and completes equal after resume', async () => {
     const { job, plan, errors, src, dst } = await faultyMirror('target', 'stop');
     plan.fail('write', 'EIO');
-    await until(job, () => job.status === 'paused');
+    await stoppedAndDrained(job);
     expect(job.ioStatus).toBe('failed');
     expect(errors[0]).toMatchObject({ action: 'stop' });
     plan.heal();
@@ -88,7 +93,7 @@ describe('error policies', () => {
   it('stop: ENOSPC gives io-status nospace', async () => {
     const { job, plan } = await faultyMirror('target', 'stop');
     plan.fail('write', 'ENOSPC');
-    await until(job, () => job.status === 'paused');
+    await stoppedAndDrained(job);
     expect(job.ioStatus).toBe('nospace');
     await job.cancel({ force: true });
     await job.close();
@@ -97,7 +102,7 @@ describe('error policies', () => {
   it('enospc: ENOSPC stops the job, and it completes after space is added and it is resumed', async () => {
     const { job, plan, src, dst } = await faultyMirror('target', 'enospc');
     plan.fail('write', 'ENOSPC');
-    await until(job, () => job.status === 'paused');
+    await stoppedAndDrained(job);
     expect(job.ioStatus).toBe('nospace');
     plan.heal();
     job.setSpeed(0);
