@@ -21,6 +21,8 @@ export type { SharedTracker } from './job/TrackedWriter.js';
 export { JobStatus } from './job/JobStatus.js';
 export type { JobStatusValue } from './job/JobStatus.js';
 export type { ErrorAction, ErrorPolicy, IoStatus } from './job/errorPolicy.js';
+export type { ConvergenceEvent, NoConvergencePolicy, ReadyLostEvent } from './job/MirrorController.js';
+export type { TuningDecision, TuningReason } from './sched/ChunkTuner.js';
 /** Several jobs ending at one point in time. */
 export { cancelAll, completeAll } from './job/transactions.js';
 

@@ -3,17 +3,20 @@ import { performance } from 'node:perf_hooks';
 import type { DirtyBitmap } from '../bitmap/DirtyBitmap.js';
 import { ErrorCode, IoError, JobError } from '../errors.js';
 import type { BlockDevice, DeviceSpec } from '../io/BlockDevice.js';
-import { RateMeter } from '../sched/RateMeter.js';
+import type { TuningDecision } from '../sched/ChunkTuner.js';
 import { resolveErrorAction, type ErrorAction, type ErrorPolicy, type IoStatus } from './errorPolicy.js';
 import { JOB_VERBS, JobStatus, canTransition, isActive, type JobStatusValue, type JobVerb } from './JobStatus.js';
 import type { FailedExtent, MirrorCopier } from './MirrorCopier.js';
+import {
+  MirrorController,
+  type ConvergenceEvent,
+  type MirrorControllerOptions,
+  type ReadyLostEvent,
+} from './MirrorController.js';
 import type { RangeLocks } from './RangeLocks.js';
 import type { CopyMode, TrackedDevice, UnsafeTestHooks } from './TrackedDevice.js';
 import type { SharedTracker } from './TrackedWriter.js';
 import type { WriterGate } from './WriterGate.js';
-
-/** Rate meters and the progress they feed are sampled this often while the job runs. */
-const SAMPLE_INTERVAL_MS = 200;
 
 /** A mirror job's progress. Sizes in bytes, rates in bytes per second. */
 export interface MirrorProgress {
@@ -56,6 +59,12 @@ export interface MirrorJobEvents {
   completed: [{ len: number; offset: number }];
   cancelled: [{ len: number; offset: number; consistent: boolean }];
   error: [JobErrorEvent];
+  /** The writer outpaces the copier (or no longer does), and what the job did about it. */
+  convergence: [ConvergenceEvent];
+  /** A ready job's backlog grew past a second of copying: it is running again. */
+  'ready-lost': [ReadyLostEvent];
+  /** Debug: each chunk-size and depth decision of the tuner. */
+  tuning: [TuningDecision];
 }
 
 /** What a job is made of; `startMirror` puts it together. */
@@ -76,6 +85,8 @@ export interface MirrorJobParts {
   readonly autoFinalize: boolean;
   readonly autoDismiss: boolean;
   readonly testHooks?: UnsafeTestHooks;
+  /** How the control loop tunes and converges (everything but the parts it is given here). */
+  readonly control: Omit<MirrorControllerOptions, 'copier' | 'gate'>;
 }
 
 /**
@@ -92,16 +103,14 @@ export class MirrorJob extends EventEmitter<MirrorJobEvents> {
   readonly #p: MirrorJobParts;
   #status: JobStatusValue = JobStatus.CREATED;
   #ioStatus: IoStatus = 'ok';
-  #everReady = false;
+  #driving = false;
   #pausedByUser = false;
   #finishing = false;
   #outcome: JobOutcome | undefined;
   #settle!: (o: JobOutcome) => void;
   #finalizeRequested: (() => void) | undefined;
   #resumeWaiters: Array<() => void> = [];
-  readonly #copyMeter = new RateMeter();
-  readonly #dirtyMeter = new RateMeter();
-  #sampler: NodeJS.Timeout | undefined;
+  readonly #controller: MirrorController;
 
   constructor(parts: MirrorJobParts) {
     super();
@@ -109,6 +118,7 @@ export class MirrorJob extends EventEmitter<MirrorJobEvents> {
     this.id = parts.id;
     this.device = parts.device;
     this.result = new Promise((resolve) => (this.#settle = resolve));
+    this.#controller = new MirrorController(this.#controlledView(), { ...parts.control, copier: parts.copier, gate: parts.gate });
   }
 
   get status(): JobStatusValue {
@@ -145,9 +155,9 @@ export class MirrorJob extends EventEmitter<MirrorJobEvents> {
 
   /** @internal Starts copying; `startMirror` calls this. */
   start(): void {
+    this.#controller.start();
     this.#p.copier.start();
     this.#transition(JobStatus.RUNNING);
-    this.#sampler = setInterval(() => this.#sample(), SAMPLE_INTERVAL_MS).unref();
     void this.#driveToReady();
   }
 
@@ -157,8 +167,8 @@ export class MirrorJob extends EventEmitter<MirrorJobEvents> {
     const inFlightBytes = copier.inFlightBytes;
     const offset = copier.bytesCopied;
     const len = offset + dirtyBytes + inFlightBytes;
-    const copyRate = this.#copyMeter.rate;
-    const dirtyRate = this.#dirtyMeter.rate;
+    const copyRate = this.#controller.state?.cleanRate ?? 0;
+    const dirtyRate = this.#controller.state?.dirtyRate ?? 0;
     const backlog = dirtyBytes + inFlightBytes;
     const net = copyRate - dirtyRate;
     return {
@@ -321,10 +331,23 @@ export class MirrorJob extends EventEmitter<MirrorJobEvents> {
     return new Promise((resolve) => this.#resumeWaiters.push(resolve));
   }
 
-  /** Copies until in sync, flushes the target, and goes to ready (once; READY is sticky here). */
+  /**
+   * Copies until in sync, flushes the target, and goes to ready. Runs again when a ready job
+   * drops back to running (its backlog grew past a second of copying).
+   */
   async #driveToReady(): Promise<void> {
+    if (this.#driving) return;
+    this.#driving = true;
+    try {
+      await this.#untilReady();
+    } finally {
+      this.#driving = false;
+    }
+  }
+
+  async #untilReady(): Promise<void> {
     const { copier, target } = this.#p;
-    while (!this.#outcome && !this.#everReady) {
+    while (!this.#outcome && this.#status !== JobStatus.READY) {
       await copier.whenClean();
       if (this.#outcome || this.#finishing) return;
       if (this.paused) {
@@ -341,12 +364,42 @@ export class MirrorJob extends EventEmitter<MirrorJobEvents> {
       }
       // Ready means proven (invariant 4): still nothing dirty and nothing in flight after the flush.
       if (copier.clean && this.#status === JobStatus.RUNNING && !this.#outcome) {
-        this.#everReady = true;
         this.#transition(JobStatus.READY);
         const p = this.progress();
         this.emit('ready', { len: p.len, offset: p.offset });
       }
     }
+  }
+
+  /** What the control loop sees of this job. */
+  #controlledView(): ConstructorParameters<typeof MirrorController>[0] {
+    const job = this; // the getters below read the job's live state
+    return {
+      get status() {
+        return job.status;
+      },
+      get copyMode() {
+        return job.copyMode;
+      },
+      backlog: () => {
+        const p = this.progress();
+        return { backlogBytes: p.dirtyBytes + p.inFlightBytes, copiedBytes: p.bytesCopied };
+      },
+      onTuning: (d) => this.listenerCount('tuning') > 0 && this.emit('tuning', d),
+      onConvergence: (e) => this.emit('convergence', e),
+      switchToWriteBlocking: () => this.changeCopyMode('write-blocking').catch(() => undefined),
+      dropReady: (e) => {
+        if (this.#status !== JobStatus.READY || this.#finishing) return;
+        this.#transition(JobStatus.RUNNING);
+        this.emit('ready-lost', e);
+        void this.#driveToReady();
+      },
+    };
+  }
+
+  /** @internal The interceptor's write latencies, for the tuner. */
+  recordAppLatency(micros: number): void {
+    this.#controller.appLatency.record(micros);
   }
 
   /**
@@ -411,7 +464,7 @@ export class MirrorJob extends EventEmitter<MirrorJobEvents> {
   }
 
   #conclude(outcome: JobOutcome): void {
-    clearInterval(this.#sampler);
+    this.#controller.stop();
     this.#outcome = outcome;
     this.#transition(JobStatus.CONCLUDED);
     this.#settle(outcome);
@@ -419,13 +472,6 @@ export class MirrorJob extends EventEmitter<MirrorJobEvents> {
     this.#resumeWaiters = [];
     for (const w of waiters) w();
     if (this.#p.autoDismiss) this.#transition(JobStatus.NULL);
-  }
-
-  #sample(): void {
-    const now = performance.now();
-    const p = this.progress();
-    this.#copyMeter.sample(p.offset, now);
-    this.#dirtyMeter.sample(p.len, now);
   }
 
   #assertVerb(verb: JobVerb): void {

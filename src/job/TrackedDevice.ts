@@ -163,8 +163,10 @@ export class TrackedDevice {
       else await this.#writeBackground(offset, length, op);
     } finally {
       gate.exit();
-      this.#p.listener.onWriteLatency?.((performance.now() - started) * 1000);
     }
+    const elapsed = performance.now() - started;
+    this.#p.listener.onWriteLatency?.(elapsed * 1000);
+    await gate.throttleWrite();
   }
 
   async #writeBackground(offset: number, length: number, op: (dev: BlockDevice) => Promise<void>): Promise<void> {

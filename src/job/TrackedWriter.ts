@@ -68,6 +68,7 @@ export class TrackedWriter {
     } finally {
       this.#gate.exit();
     }
+    await this.#gate.throttleWrite();
   }
 
   async read(offset: number, length: number): Promise<Buffer> {

@@ -21,7 +21,10 @@ const GATE = 0;
 const ACTIVE = 1;
 const PIVOTED = 2;
 const TRACKING = 3;
-const WORDS = 4;
+const THROTTLE = 4;
+const WORDS = 5;
+/** A throttled write waits at most this long (µs). */
+export const MAX_THROTTLE_MICROS = 200_000;
 
 /** The gate's shared memory, as posted to writer threads. */
 export interface SharedGate {
@@ -106,5 +109,26 @@ export class WriterGate {
   /** The job has ended: writers stop marking. */
   stopTracking(): void {
     Atomics.store(this.#words, TRACKING, 0);
+    this.setThrottle(0);
+  }
+
+  /** Microseconds each tracked write waits before it is acknowledged (0: none): the auto-converge throttle. */
+  get throttle(): number {
+    return Atomics.load(this.#words, THROTTLE);
+  }
+
+  setThrottle(micros: number): void {
+    Atomics.store(this.#words, THROTTLE, Math.max(0, Math.min(MAX_THROTTLE_MICROS, Math.round(micros))));
+  }
+
+  /**
+   * Delays a writer, on whatever thread it runs, by the current throttle before its write is
+   * acknowledged. A delay per write caps every writer's rate, however it paces itself; the job
+   * raises it until the copier outpaces the writers (QEMU's auto-converge throttles vCPUs instead).
+   */
+  async throttleWrite(): Promise<void> {
+    const micros = this.throttle;
+    if (micros === 0) return;
+    await new Promise((resolve) => setTimeout(resolve, micros / 1000));
   }
 }

@@ -10,6 +10,7 @@ import { DEFAULT_CHUNK_SIZE, DEFAULT_FLUSH_EVERY, defaultWorkers } from '../sche
 import { isPowerOfTwo } from '../util/size.js';
 import { ERROR_POLICIES, type ErrorPolicy } from './errorPolicy.js';
 import { MirrorCopier } from './MirrorCopier.js';
+import { NO_CONVERGENCE_POLICIES, type NoConvergencePolicy } from './MirrorController.js';
 import { MirrorJob } from './MirrorJob.js';
 import { RangeLocks } from './RangeLocks.js';
 import { TrackedDevice, type CopyMode, type UnsafeTestHooks } from './TrackedDevice.js';
@@ -17,6 +18,10 @@ import { WriterGate } from './WriterGate.js';
 
 /** Default bytes in flight (QEMU's mirror buffer is 16 MiB too). */
 export const DEFAULT_BUFFER_SIZE = 16 << 20;
+/** The tuner's largest chunk. */
+export const MAX_TUNED_CHUNK = 8 << 20;
+/** The tuner's most operations in flight (each holds a libuv thread while it runs). */
+export const MAX_TUNED_QUEUE_DEPTH = 32;
 
 /** What a mirror copies: everything, only what is written from now on, or what a bitmap marks. */
 export type SyncMode = 'full' | 'none' | 'bitmap';
@@ -49,6 +54,14 @@ export interface MirrorOptions {
   /** Drop a concluded job at once (default); else keep it until `dismiss`. */
   readonly autoDismiss?: boolean;
   readonly direct?: boolean;
+  /** Let the tuner move chunk size and depth (default true); false keeps `chunkSize` and `bufferSize` as given. */
+  readonly adaptive?: boolean;
+  /** The application's write p99 to keep under, in ms (default: twice its p99 measured before the copy ramps up). */
+  readonly latencyTarget?: number;
+  /** When the writer outpaces the copier: `report` (an event), `write-blocking` (switch to it), `throttle` (slow writers down). Default `report`. */
+  readonly onNoConvergence?: NoConvergencePolicy;
+  /** A ready job whose backlog needs more than this many seconds of copying drops back to running (default 1). */
+  readonly readyBacklogSeconds?: number;
   /** @internal Broken orders for tests of the stress test. */
   readonly unsafeTestHooks?: UnsafeTestHooks;
 }
@@ -59,7 +72,14 @@ function invalid(message: string): InvalidArgumentError {
   return new InvalidArgumentError(ErrorCode.INVALID_OPTION, message);
 }
 
-function checkOptions(o: MirrorOptions): { granularity: number; chunkSize: number; queueDepth: number; workers: number; speed: number } {
+function checkOptions(o: MirrorOptions): {
+  granularity: number;
+  chunkSize: number;
+  bufferSize: number;
+  queueDepth: number;
+  workers: number;
+  speed: number;
+} {
   const granularity = o.granularity ?? DEFAULT_GRANULARITY;
   if (!isPowerOfTwo(granularity) || granularity < 512 || granularity > 64 << 20) {
     throw invalid(`granularity must be a power of two from 512 to 64M, not ${granularity}`);
@@ -82,7 +102,14 @@ function checkOptions(o: MirrorOptions): { granularity: number; chunkSize: numbe
   if (o.copyMode !== undefined && o.copyMode !== 'background' && o.copyMode !== 'write-blocking') {
     throw invalid(`copy mode must be background or write-blocking, not ${String(o.copyMode)}`);
   }
-  return { granularity, chunkSize, queueDepth: Math.floor(bufferSize / chunkSize), workers, speed };
+  if (o.onNoConvergence !== undefined && !NO_CONVERGENCE_POLICIES.includes(o.onNoConvergence)) {
+    throw invalid(`onNoConvergence must be one of ${NO_CONVERGENCE_POLICIES.join(', ')}, not ${String(o.onNoConvergence)}`);
+  }
+  if (o.latencyTarget !== undefined && !(o.latencyTarget > 0)) throw invalid(`latency target must be a positive number of ms, not ${o.latencyTarget}`);
+  if (o.readyBacklogSeconds !== undefined && !(o.readyBacklogSeconds > 0)) {
+    throw invalid(`readyBacklogSeconds must be positive, not ${o.readyBacklogSeconds}`);
+  }
+  return { granularity, chunkSize, bufferSize, queueDepth: Math.floor(bufferSize / chunkSize), workers, speed };
 }
 
 async function startBitmap(o: MirrorOptions, size: number, granularity: number): Promise<DirtyBitmap> {
@@ -136,6 +163,7 @@ export async function startMirror(options: MirrorOptions): Promise<MirrorJob> {
       listener: {
         onDirtied: () => job?.notifyDirty(),
         onTargetWriteError: (err) => job?.handleTargetWriteError(err),
+        onWriteLatency: (micros) => job?.recordAppLatency(micros),
       },
     });
     const { runner, plan } = createCopyRunner(source, target, sourceSpec, tuning.workers);
@@ -171,6 +199,20 @@ export async function startMirror(options: MirrorOptions): Promise<MirrorJob> {
       autoFinalize: options.autoFinalize ?? true,
       autoDismiss: options.autoDismiss ?? true,
       testHooks: options.unsafeTestHooks,
+      control: {
+        workers: plan.inline ? 1 : tuning.workers,
+        limits: {
+          minChunk: tuning.granularity,
+          maxChunk: Math.min(Math.max(MAX_TUNED_CHUNK, tuning.chunkSize), source.maxRequest, target.maxRequest),
+          maxInFlight: tuning.bufferSize,
+          maxQueueDepth: Math.max(tuning.queueDepth, MAX_TUNED_QUEUE_DEPTH),
+        },
+        initial: { chunkSize: Math.min(tuning.chunkSize, source.maxRequest, target.maxRequest), inFlight: tuning.bufferSize },
+        adaptive: options.adaptive ?? true,
+        latencyTargetMs: options.latencyTarget,
+        onNoConvergence: options.onNoConvergence ?? 'report',
+        readyBacklogSeconds: options.readyBacklogSeconds ?? 1,
+      },
     });
     job.start();
     return job;

@@ -57,6 +57,7 @@ export class CopyScheduler {
   #stopped = false;
   #paused = false;
   #wake: (() => void) | undefined;
+  #rateLimited = false;
 
   constructor(options: CopySchedulerOptions) {
     this.options = options;
@@ -68,6 +69,13 @@ export class CopyScheduler {
 
   get inFlightExtents(): number {
     return this.#inFlightExtents;
+  }
+
+  /** True if the rate limit made the loop wait since the last call (the tuner's window). */
+  takeRateLimited(): boolean {
+    const limited = this.#rateLimited;
+    this.#rateLimited = false;
+    return limited;
   }
 
   /** Wakes the loop: new work, a new speed, a resume. */
@@ -108,6 +116,7 @@ export class CopyScheduler {
       }
       const delay = o.limiter.delay(performance.now());
       if (delay > 0) {
+        this.#rateLimited = true;
         await this.#sleep(delay);
         continue;
       }

@@ -1,0 +1,234 @@
+import { performance } from 'node:perf_hooks';
+import { ChunkTuner, type TunerLimits, type TuningDecision } from '../sched/ChunkTuner.js';
+import { ConvergenceDetector, type ConvergenceState } from '../sched/ConvergenceDetector.js';
+import { LatencyWindow, type LatencyStats } from '../sched/LatencyWindow.js';
+import { batchExtentsFor } from '../sched/tuning.js';
+import type { MirrorCopier } from './MirrorCopier.js';
+import type { WriterGate } from './WriterGate.js';
+
+/** What a job does when the writer outpaces the copier. */
+export type NoConvergencePolicy = 'report' | 'write-blocking' | 'throttle';
+export const NO_CONVERGENCE_POLICIES: readonly NoConvergencePolicy[] = ['report', 'write-blocking', 'throttle'];
+
+/** The payload of a job's `convergence` event: the detector's view, and what the job did. */
+export interface ConvergenceEvent extends ConvergenceState {
+  /** `none` when converging; otherwise what the policy did this time. */
+  readonly action: 'none' | 'reported' | 'write-blocking' | 'throttle';
+  /** Microseconds each tracked write is delayed (the `throttle` policy). */
+  readonly throttle: number;
+}
+
+/** The payload of a job's `ready-lost` event. */
+export interface ReadyLostEvent {
+  readonly backlogBytes: number;
+  readonly thresholdBytes: number;
+  readonly reason: string;
+}
+
+/** What the controller needs from its job. */
+export interface ControlledJob {
+  readonly status: string;
+  readonly copyMode: 'background' | 'write-blocking';
+  /** Bytes dirty or in flight, and bytes copied so far. */
+  backlog(): { backlogBytes: number; copiedBytes: number };
+  onTuning(decision: TuningDecision): void;
+  onConvergence(event: ConvergenceEvent): void;
+  switchToWriteBlocking(): Promise<void>;
+  dropReady(event: ReadyLostEvent): void;
+}
+
+export interface MirrorControllerOptions {
+  readonly copier: MirrorCopier;
+  readonly gate: WriterGate;
+  readonly workers: number;
+  readonly limits: TunerLimits;
+  readonly initial: { chunkSize: number; inFlight: number };
+  /** Adapt chunk size and depth (false: keep the given ones). */
+  readonly adaptive: boolean;
+  /** The application's write p99 to stay under, ms; undefined: twice the p99 measured before the copy ramps up. */
+  readonly latencyTargetMs: number | undefined;
+  readonly onNoConvergence: NoConvergencePolicy;
+  /** A ready job whose backlog needs more than this many seconds of copying drops back to running. */
+  readonly readyBacklogSeconds: number;
+}
+
+/** Decisions are taken this often, each from the window since the last. */
+export const CONTROL_INTERVAL_MS = 100;
+/** Before ramping up, the copier runs gently this long while the application's own p99 is measured. */
+const BASELINE_MS = 300;
+/** At least this many application writes make a baseline. */
+const BASELINE_MIN_WRITES = 30;
+/** The default latency target is this multiple of the baseline p99. */
+const TARGET_OVER_BASELINE = 2;
+/** A ready job never drops back for a backlog smaller than this. */
+const READY_BACKLOG_FLOOR = 16 << 20;
+/**
+ * The throttle policy delays each tracked write by this much at first, and doubles the delay
+ * every interval the job still does not converge; it halves it again every interval the copier
+ * is well ahead, and lifts it once it is below the start.
+ */
+const THROTTLE_START_MICROS = 1000;
+const THROTTLE_EVERY_MS = 1000;
+/** The throttle rises while the copier cleans less than this multiple of what is dirtied... */
+const THROTTLE_RAISE_MARGIN = 1.5;
+/** ...and eases off once it cleans more than this multiple. */
+const THROTTLE_EASE_MARGIN = 3;
+
+/**
+ * The job's control loop (every 100 ms): feeds the chunk tuner and the convergence detector from
+ * the last window, applies the tuner's chunk size and depth to the copier, acts on
+ * non-convergence as the job's policy says, and drops a ready job back to running when its
+ * backlog has grown past a second of copying.
+ */
+export class MirrorController {
+  /** The application's intercepted writes; the job's interceptors record into it. */
+  readonly appLatency = new LatencyWindow();
+  readonly #o: MirrorControllerOptions;
+  readonly #job: ControlledJob;
+  #tuner: ChunkTuner;
+  readonly #detector = new ConvergenceDetector();
+  #state: ConvergenceState | undefined;
+  #timer: NodeJS.Timeout | undefined;
+  #last: { at: number; copied: number } | undefined;
+  #started = 0;
+  #baselineDone: boolean;
+  #baselineWrites = 0;
+  #baselineP99 = 0;
+  #lastThrottleStep = 0;
+  #switching = false;
+
+  constructor(job: ControlledJob, options: MirrorControllerOptions) {
+    this.#job = job;
+    this.#o = options;
+    const target = options.latencyTargetMs === undefined ? undefined : options.latencyTargetMs * 1000;
+    this.#baselineDone = target !== undefined || !options.adaptive;
+    // Gentle until the baseline is known: one chunk in flight.
+    const initial = this.#baselineDone ? options.initial : { chunkSize: options.initial.chunkSize, inFlight: options.initial.chunkSize };
+    this.#tuner = new ChunkTuner(options.limits, initial, target);
+  }
+
+  /** The latest convergence view (rates for progress reports). */
+  get state(): ConvergenceState | undefined {
+    return this.#state;
+  }
+
+  get latencyTargetMicros(): number | undefined {
+    return this.#tuner.latencyTarget;
+  }
+
+  start(): void {
+    this.#started = performance.now();
+    this.#apply(this.#tuner.chunkSize, this.#tuner.queueDepth);
+    this.#timer = setInterval(() => this.tick(performance.now()), CONTROL_INTERVAL_MS).unref();
+  }
+
+  stop(): void {
+    clearInterval(this.#timer);
+    this.#o.gate.setThrottle(0);
+  }
+
+  /** One control step; `nowMs` is the current time (tests pass their own clock). */
+  tick(nowMs: number): void {
+    const { backlogBytes, copiedBytes } = this.#job.backlog();
+    const last = this.#last ?? { at: this.#started, copied: 0 };
+    this.#last = { at: nowMs, copied: copiedBytes };
+    const app = this.appLatency.take();
+    this.#tune(nowMs, {
+      seconds: (nowMs - last.at) / 1000,
+      bytesCopied: copiedBytes - last.copied,
+      backlogBytes,
+      app,
+      rateLimited: this.#o.copier.scheduler.takeRateLimited(),
+    });
+    this.#converge(nowMs, backlogBytes, copiedBytes);
+  }
+
+  #tune(nowMs: number, window: Parameters<ChunkTuner['decide']>[0]): void {
+    if (!this.#o.adaptive) return;
+    if (!this.#baselineDone) {
+      this.#collectBaseline(nowMs, window.app);
+      return;
+    }
+    const decision = this.#tuner.decide(window);
+    this.#apply(decision.chunkSize, decision.queueDepth);
+    this.#job.onTuning(decision);
+  }
+
+  /** The application's p99 with the copier barely running: the default target is twice it. */
+  #collectBaseline(nowMs: number, app: LatencyStats): void {
+    if (app.count > 0) {
+      this.#baselineP99 = Math.max(this.#baselineP99, app.p99);
+      this.#baselineWrites += app.count;
+    }
+    if (nowMs - this.#started < BASELINE_MS) return;
+    this.#baselineDone = true;
+    const target = this.#baselineWrites >= BASELINE_MIN_WRITES ? TARGET_OVER_BASELINE * this.#baselineP99 : undefined;
+    // Ramp up: from the configured starting point, under the measured target.
+    this.#tuner = new ChunkTuner(this.#o.limits, this.#o.initial, target);
+  }
+
+  #apply(chunkSize: number, queueDepth: number): void {
+    const s = this.#o.copier.scheduler.options;
+    s.chunkSize = chunkSize;
+    s.queueDepth = queueDepth;
+    s.batchExtents = batchExtentsFor(queueDepth, this.#o.workers);
+  }
+
+  #converge(nowMs: number, backlogBytes: number, copiedBytes: number): void {
+    const job = this.#job;
+    const previous = this.#state;
+    const state = this.#detector.sample({ nowMs, backlogBytes, dirtiedBytes: copiedBytes + backlogBytes, copiedBytes });
+    this.#state = state;
+    const gate = this.#o.gate;
+
+    if (job.status === 'ready') {
+      const threshold = Math.max(READY_BACKLOG_FLOOR, state.cleanRate * this.#o.readyBacklogSeconds);
+      if (backlogBytes > threshold) {
+        job.dropReady({
+          backlogBytes,
+          thresholdBytes: threshold,
+          reason: `backlog of ${(backlogBytes / 2 ** 20).toFixed(1)} MiB needs more than ${this.#o.readyBacklogSeconds} s of copying`,
+        });
+      }
+    }
+
+    if (this.#o.onNoConvergence === 'throttle') {
+      this.#steerThrottle(nowMs, state, backlogBytes);
+      return;
+    }
+    if (state.converging) {
+      if (previous && !previous.converging) job.onConvergence({ ...state, action: 'none', throttle: gate.throttle });
+      return;
+    }
+    switch (this.#o.onNoConvergence) {
+      case 'report':
+        if (!previous || previous.converging) job.onConvergence({ ...state, action: 'reported', throttle: gate.throttle });
+        return;
+      case 'write-blocking':
+        if (job.copyMode === 'background' && !this.#switching) {
+          this.#switching = true;
+          void job.switchToWriteBlocking().then(() => job.onConvergence({ ...state, action: 'write-blocking', throttle: gate.throttle }));
+        }
+        return;
+    }
+  }
+
+  /**
+   * The throttle policy: doubles the delay of every tracked write each second while the copier is
+   * not clearly gaining (not converging, or cleaning less than 1.5 times what is dirtied), halves
+   * it each second once the copier is far ahead (or in sync), and lifts it below the start.
+   */
+  #steerThrottle(nowMs: number, state: ConvergenceState, backlogBytes: number): void {
+    const gate = this.#o.gate;
+    if (nowMs - this.#lastThrottleStep < THROTTLE_EVERY_MS) return;
+    const losing = !state.converging || (backlogBytes > 0 && state.cleanRate < THROTTLE_RAISE_MARGIN * state.dirtyRate);
+    const farAhead = backlogBytes === 0 || state.cleanRate > THROTTLE_EASE_MARGIN * state.dirtyRate;
+    let next = gate.throttle;
+    if (losing) next = gate.throttle === 0 ? THROTTLE_START_MICROS : gate.throttle * 2;
+    else if (farAhead && gate.throttle > 0) next = gate.throttle / 2 < THROTTLE_START_MICROS ? 0 : gate.throttle / 2;
+    if (next === gate.throttle) return;
+    this.#lastThrottleStep = nowMs;
+    gate.setThrottle(next);
+    this.#job.onConvergence({ ...state, action: 'throttle', throttle: gate.throttle });
+  }
+}

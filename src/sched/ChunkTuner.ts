@@ -1,0 +1,182 @@
+import type { LatencyStats } from './LatencyWindow.js';
+
+/** The range the tuner moves in. Sizes in bytes. */
+export interface TunerLimits {
+  /** Smallest chunk (the bitmap granularity). Chunks are powers of two. */
+  readonly minChunk: number;
+  /** Largest chunk (8 MiB by default, and never more than a device takes in one request). */
+  readonly maxChunk: number;
+  /** Ceiling of bytes in flight (the job's buffer size). */
+  readonly maxInFlight: number;
+  /** Most copy operations in flight (libuv's thread pool runs the file I/O). */
+  readonly maxQueueDepth: number;
+}
+
+/** What happened during one decision window. */
+export interface TunerWindow {
+  readonly seconds: number;
+  readonly bytesCopied: number;
+  /** Bytes dirty or in flight at the end of the window. */
+  readonly backlogBytes: number;
+  /** The application's intercepted writes during the window. */
+  readonly app: LatencyStats;
+  /** The speed ceiling held the copier back during the window. */
+  readonly rateLimited: boolean;
+}
+
+/** Why the tuner did what it did. */
+export type TuningReason =
+  | 'app-latency' // the application's p99 passed the target: less in flight (then smaller chunks)
+  | 'headroom' // latency well under the target: a step more in flight
+  | 'climb' // larger or smaller chunk, the way throughput improved
+  | 'reverse' // throughput fell: back the other way
+  | 'hold' // throughput flat: stay a few windows, then probe again
+  | 'idle' // nothing to copy
+  | 'rate-limited'; // the speed ceiling, not the disk, sets the pace
+
+/** A decision, as the job reports it in its `tuning` events. */
+export interface TuningDecision {
+  readonly chunkSize: number;
+  readonly queueDepth: number;
+  /** Bytes the tuner allows in flight. */
+  readonly inFlight: number;
+  readonly reason: TuningReason;
+  /** Copy throughput of the window, bytes per second. */
+  readonly throughput: number;
+  /** The application's write p99 in the window (µs), when it wrote enough to tell. */
+  readonly appP99: number | undefined;
+  /** The p99 the tuner keeps the application under (µs), once known. */
+  readonly latencyTarget: number | undefined;
+}
+
+/** Throughput changes smaller than this count as noise. */
+const NOISE = 0.05;
+/** Each step moves the in-flight budget by this factor (down) or its inverse bound (up). */
+const BACKOFF = 0.75;
+const GROW = 1.25;
+/** Latency below this share of the target leaves room to put more in flight. */
+const HEADROOM = 0.7;
+/** Windows to stay put when throughput is flat, before probing again. */
+const HOLD_WINDOWS = 5;
+/** Fewer application writes than this in a window say nothing about its p99. */
+const MIN_SAMPLES = 20;
+
+/**
+ * Picks the copy's chunk size and queue depth from what each ~100 ms window measured. Two
+ * knobs, each moved one step at a time (like DRBD's plan-ahead controller, never in jumps):
+ *
+ * - bytes in flight follow the application's write latency: above the target p99, a step less
+ *   (and at the floor, smaller chunks); comfortably below it, a step more, up to the buffer size;
+ * - the chunk size climbs towards better throughput (perturb and observe): a step in one direction,
+ *   keep going while throughput improves, turn back when it falls, rest when it is flat.
+ *
+ * Pure: time and measurements come in as arguments, so tests drive it with a simulated disk.
+ */
+export class ChunkTuner {
+  readonly #limits: TunerLimits;
+  #chunk: number;
+  #inFlight: number;
+  #target: number | undefined;
+  #direction: 1 | -1 = 1;
+  #lastThroughput: number | undefined;
+  #hold = 0;
+
+  constructor(limits: TunerLimits, initial: { chunkSize: number; inFlight: number }, latencyTargetMicros?: number) {
+    this.#limits = limits;
+    this.#chunk = clamp(initial.chunkSize, limits.minChunk, limits.maxChunk);
+    this.#inFlight = clamp(initial.inFlight, this.#chunk, limits.maxInFlight);
+    this.#target = latencyTargetMicros;
+  }
+
+  get chunkSize(): number {
+    return this.#chunk;
+  }
+
+  get queueDepth(): number {
+    return clamp(Math.round(this.#inFlight / this.#chunk), 1, this.#limits.maxQueueDepth);
+  }
+
+  /** The application's p99 target in µs (undefined: none yet). */
+  get latencyTarget(): number | undefined {
+    return this.#target;
+  }
+
+  setLatencyTarget(micros: number | undefined): void {
+    this.#target = micros;
+  }
+
+  decide(w: TunerWindow): TuningDecision {
+    const throughput = w.seconds > 0 ? w.bytesCopied / w.seconds : 0;
+    const p99 = w.app.count >= MIN_SAMPLES ? w.app.p99 : undefined;
+    const decision = (reason: TuningReason): TuningDecision => ({
+      chunkSize: this.#chunk,
+      queueDepth: this.queueDepth,
+      inFlight: this.#inFlight,
+      reason,
+      throughput,
+      appP99: p99,
+      latencyTarget: this.#target,
+    });
+
+    if (this.#target !== undefined && p99 !== undefined && p99 > this.#target) {
+      if (this.#inFlight > this.#chunk) {
+        this.#inFlight = Math.max(this.#chunk, Math.floor(this.#inFlight * BACKOFF));
+      } else {
+        // One chunk in flight is still too much: smaller chunks, still one at a time.
+        this.#chunk = Math.max(this.#limits.minChunk, this.#chunk / 2);
+        this.#inFlight = this.#chunk;
+      }
+      this.#lastThroughput = undefined; // what comes next is measured under new conditions
+      return decision('app-latency');
+    }
+    if (w.bytesCopied === 0 && w.backlogBytes === 0) return decision('idle');
+    if (w.rateLimited) return decision('rate-limited');
+
+    const roomy = this.#target === undefined || p99 === undefined || p99 < HEADROOM * this.#target;
+    if (roomy && this.#inFlight < this.#limits.maxInFlight && this.queueDepth < this.#limits.maxQueueDepth) {
+      this.#inFlight = Math.min(this.#limits.maxInFlight, Math.ceil(this.#inFlight * GROW));
+      this.#lastThroughput = undefined;
+      return decision('headroom');
+    }
+    return decision(this.#climb(throughput));
+  }
+
+  /** One perturb-and-observe step of the chunk size. */
+  #climb(throughput: number): TuningReason {
+    const last = this.#lastThroughput;
+    this.#lastThroughput = throughput;
+    if (last === undefined) {
+      this.#step();
+      return 'climb';
+    }
+    if (throughput < last * (1 - NOISE)) {
+      this.#direction = this.#direction === 1 ? -1 : 1;
+      this.#step();
+      return 'reverse';
+    }
+    if (throughput > last * (1 + NOISE)) {
+      this.#step();
+      return 'climb';
+    }
+    if (this.#hold++ < HOLD_WINDOWS) return 'hold';
+    this.#hold = 0;
+    this.#step();
+    return 'climb';
+  }
+
+  /** Moves the chunk one power of two in the current direction, turning at the limits. */
+  #step(): void {
+    const { minChunk, maxChunk } = this.#limits;
+    if ((this.#direction === 1 && this.#chunk >= maxChunk) || (this.#direction === -1 && this.#chunk <= minChunk)) {
+      this.#direction = this.#direction === 1 ? -1 : 1;
+    }
+    const next = this.#direction === 1 ? this.#chunk * 2 : this.#chunk / 2;
+    // Keep bytes in flight where they were: the chunk changes, the depth follows.
+    this.#chunk = clamp(next, minChunk, maxChunk);
+    this.#inFlight = Math.max(this.#inFlight, this.#chunk);
+  }
+}
+
+function clamp(v: number, lo: number, hi: number): number {
+  return Math.min(hi, Math.max(lo, v));
+}

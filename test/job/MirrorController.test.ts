@@ -1,0 +1,155 @@
+import { describe, expect, it } from 'vitest';
+import type { TuningDecision } from '../../src/sched/ChunkTuner.js';
+import {
+  MirrorController,
+  type ControlledJob,
+  type ConvergenceEvent,
+  type NoConvergencePolicy,
+  type ReadyLostEvent,
+} from '../../src/job/MirrorController.js';
+import type { MirrorCopier } from '../../src/job/MirrorCopier.js';
+import { WriterGate } from '../../src/job/WriterGate.js';
+
+const MiB = 1 << 20;
+
+/** A job driven by numbers: the test sets its backlog and copied bytes per tick. */
+class FakeJob implements ControlledJob {
+  status = 'running';
+  copyMode: 'background' | 'write-blocking' = 'background';
+  backlogBytes = 0;
+  copiedBytes = 0;
+  readonly tunings: TuningDecision[] = [];
+  readonly convergence: ConvergenceEvent[] = [];
+  readonly readyLost: ReadyLostEvent[] = [];
+  backlog() {
+    return { backlogBytes: this.backlogBytes, copiedBytes: this.copiedBytes };
+  }
+  onTuning(d: TuningDecision): void {
+    this.tunings.push(d);
+  }
+  onConvergence(e: ConvergenceEvent): void {
+    this.convergence.push(e);
+  }
+  async switchToWriteBlocking(): Promise<void> {
+    this.copyMode = 'write-blocking';
+  }
+  dropReady(e: ReadyLostEvent): void {
+    this.status = 'running';
+    this.readyLost.push(e);
+  }
+}
+
+function fakeCopier() {
+  const options = { chunkSize: MiB, queueDepth: 16, batchExtents: 4 };
+  return { scheduler: { options, takeRateLimited: () => false } } as unknown as MirrorCopier & { scheduler: { options: typeof options } };
+}
+
+function controller(job: FakeJob, policy: NoConvergencePolicy = 'report', extra: { latencyTargetMs?: number } = {}) {
+  const gate = WriterGate.create();
+  const copier = fakeCopier();
+  const c = new MirrorController(job, {
+    copier,
+    gate,
+    workers: 2,
+    limits: { minChunk: 64 * 1024, maxChunk: 8 * MiB, maxInFlight: 16 * MiB, maxQueueDepth: 32 },
+    initial: { chunkSize: MiB, inFlight: 16 * MiB },
+    adaptive: true,
+    latencyTargetMs: extra.latencyTargetMs ?? 5,
+    onNoConvergence: policy,
+    readyBacklogSeconds: 1,
+  });
+  return { c, gate, copier };
+}
+
+/** Ticks `seconds` of 100 ms windows; each, the writer dirties `dirty` and the copier copies `clean` bytes a second. */
+function drive(c: MirrorController, job: FakeJob, from: number, seconds: number, dirty: number, clean: number): number {
+  let t = from;
+  for (; t < from + seconds * 1000; t += 100) {
+    const copied = Math.min(job.backlogBytes + dirty / 10, clean / 10);
+    job.copiedBytes += copied;
+    job.backlogBytes = Math.max(0, job.backlogBytes + dirty / 10 - copied);
+    c.tick(t);
+  }
+  return t;
+}
+
+describe('MirrorController', () => {
+  it('report: says once, with a reason, that the job stopped converging', () => {
+    const job = new FakeJob();
+    job.backlogBytes = 1024 * MiB;
+    const { c } = controller(job, 'report');
+    drive(c, job, 0, 6, 300 * MiB, 100 * MiB);
+    const reported = job.convergence.filter((e) => e.action === 'reported');
+    expect(reported).toHaveLength(1);
+    expect(reported[0]!.reason).toMatch(/not converging/);
+  });
+
+  it('write-blocking: switches the copy mode when the job stops converging', async () => {
+    const job = new FakeJob();
+    job.backlogBytes = 1024 * MiB;
+    const { c } = controller(job, 'write-blocking');
+    drive(c, job, 0, 6, 300 * MiB, 100 * MiB);
+    await new Promise((r) => setImmediate(r));
+    expect(job.copyMode).toBe('write-blocking');
+    expect(job.convergence.some((e) => e.action === 'write-blocking')).toBe(true);
+  });
+
+  it('throttle: slows writers step by step while the job does not converge, and eases off once it does', () => {
+    const job = new FakeJob();
+    job.backlogBytes = 1024 * MiB;
+    const { c, gate } = controller(job, 'throttle');
+    let t = drive(c, job, 0, 4, 300 * MiB, 100 * MiB);
+    const first = gate.throttle;
+    expect(first).toBeGreaterThan(0);
+    t = drive(c, job, t, 3, 300 * MiB, 100 * MiB);
+    const peak = gate.throttle;
+    expect(peak).toBeGreaterThan(first);
+    drive(c, job, t, 10, 20 * MiB, 300 * MiB); // the throttled writer now dirties little
+    expect(gate.throttle).toBeLessThan(peak);
+  });
+
+  it('drops a ready job back to running when its backlog needs more than a second of copying', () => {
+    const job = new FakeJob();
+    const { c } = controller(job);
+    job.status = 'ready';
+    let t = drive(c, job, 0, 2, 0, 100 * MiB);
+    expect(job.readyLost).toHaveLength(0);
+    job.backlogBytes = 400 * MiB; // a burst of writes: four seconds at 100 MiB/s
+    t = drive(c, job, t, 0.1, 0, 100 * MiB);
+    expect(job.status).toBe('running');
+    expect(job.readyLost[0]!.backlogBytes).toBeGreaterThan(job.readyLost[0]!.thresholdBytes);
+  });
+
+  it('applies each tuning decision to the copier', () => {
+    const job = new FakeJob();
+    job.backlogBytes = 1e12;
+    const { c, copier } = controller(job);
+    drive(c, job, 0, 1, 0, 500 * MiB);
+    const last = job.tunings.at(-1)!;
+    expect(copier.scheduler.options.chunkSize).toBe(last.chunkSize);
+    expect(copier.scheduler.options.queueDepth).toBe(last.queueDepth);
+  });
+
+  it('without a given target, measures the application p99 before ramping up and aims at twice it', () => {
+    const job = new FakeJob();
+    job.backlogBytes = 1e12;
+    const gate = WriterGate.create();
+    const c = new MirrorController(job, {
+      copier: fakeCopier(),
+      gate,
+      workers: 2,
+      limits: { minChunk: 64 * 1024, maxChunk: 8 * MiB, maxInFlight: 16 * MiB, maxQueueDepth: 32 },
+      initial: { chunkSize: MiB, inFlight: 16 * MiB },
+      adaptive: true,
+      latencyTargetMs: undefined,
+      onNoConvergence: 'report',
+      readyBacklogSeconds: 1,
+    });
+    for (let t = 0; t <= 400; t += 100) {
+      for (let i = 0; i < 20; i++) c.appLatency.record(200);
+      c.tick(t);
+    }
+    expect(c.latencyTargetMicros).toBeGreaterThanOrEqual(400 * 0.98);
+    expect(c.latencyTargetMicros).toBeLessThanOrEqual(400 * 1.02);
+  });
+});

@@ -1,0 +1,105 @@
+import { describe, expect, it } from 'vitest';
+import { ChunkTuner, type TunerLimits, type TuningDecision } from '../../src/sched/ChunkTuner.js';
+import { NO_LATENCIES, type LatencyStats } from '../../src/sched/LatencyWindow.js';
+
+const KiB = 1024;
+const MiB = 1 << 20;
+const LIMITS: TunerLimits = { minChunk: 64 * KiB, maxChunk: 8 * MiB, maxInFlight: 16 * MiB, maxQueueDepth: 32 };
+
+/** A simulated disk: throughput peaks at 1 MiB chunks and falls off a tenth per power of two away. */
+function throughputAt(chunk: number): number {
+  return 1e9 * (1 - 0.1 * Math.abs(Math.log2(chunk / MiB)));
+}
+
+/** A simulated application: its write p99 grows with the bytes the copier has in flight. */
+function appP99At(inFlight: number): LatencyStats {
+  const p99 = 100 + (inFlight / MiB) * 50;
+  return { count: 100, p50: p99 / 2, p99, p999: p99, max: p99, mean: p99 / 2 };
+}
+
+/** Runs `n` 100 ms windows against the simulation. */
+function run(tuner: ChunkTuner, n: number, withApp = false): TuningDecision[] {
+  const out: TuningDecision[] = [];
+  let inFlight = tuner.chunkSize * tuner.queueDepth;
+  for (let i = 0; i < n; i++) {
+    const d = tuner.decide({
+      seconds: 0.1,
+      bytesCopied: throughputAt(tuner.chunkSize) * 0.1,
+      backlogBytes: 1e12,
+      app: withApp ? appP99At(inFlight) : NO_LATENCIES,
+      rateLimited: false,
+    });
+    inFlight = d.inFlight;
+    out.push(d);
+  }
+  return out;
+}
+
+describe('ChunkTuner', () => {
+  it('climbs from small chunks to the chunk size with the best throughput', () => {
+    const tuner = new ChunkTuner(LIMITS, { chunkSize: 64 * KiB, inFlight: 16 * MiB });
+    run(tuner, 80);
+    expect(tuner.chunkSize).toBeGreaterThanOrEqual(512 * KiB);
+    expect(tuner.chunkSize).toBeLessThanOrEqual(2 * MiB);
+  });
+
+  it('comes down from large chunks to the chunk size with the best throughput', () => {
+    const tuner = new ChunkTuner(LIMITS, { chunkSize: 8 * MiB, inFlight: 16 * MiB });
+    run(tuner, 80);
+    expect(tuner.chunkSize).toBeGreaterThanOrEqual(512 * KiB);
+    expect(tuner.chunkSize).toBeLessThanOrEqual(2 * MiB);
+  });
+
+  it('moves in steps: a chunk at most doubles or halves, bytes in flight change by at most a quarter', () => {
+    const tuner = new ChunkTuner(LIMITS, { chunkSize: 64 * KiB, inFlight: 4 * MiB }, 400);
+    const ds = run(tuner, 100, true);
+    for (let i = 1; i < ds.length; i++) {
+      const r = ds[i]!.chunkSize / ds[i - 1]!.chunkSize;
+      expect([0.5, 1, 2]).toContain(r);
+      expect(ds[i]!.inFlight / ds[i - 1]!.inFlight).toBeLessThanOrEqual(1.26);
+      expect(ds[i]!.inFlight / ds[i - 1]!.inFlight).toBeGreaterThanOrEqual(0.5);
+    }
+  });
+
+  it('backs off bytes in flight until the application p99 is under the target', () => {
+    // p99 = 100 µs + 50 µs per MiB in flight: 16 MiB gives 900 µs; the target 400 µs allows 6 MiB.
+    const tuner = new ChunkTuner(LIMITS, { chunkSize: MiB, inFlight: 16 * MiB }, 400);
+    const ds = run(tuner, 40, true);
+    expect(ds[0]!.reason).toBe('app-latency');
+    expect(ds.at(-1)!.inFlight).toBeLessThanOrEqual(6 * MiB);
+    expect(appP99At(ds.at(-1)!.inFlight).p99).toBeLessThanOrEqual(400 * 1.1);
+  });
+
+  it('shrinks the chunk once one chunk in flight is still too much for the application', () => {
+    const tuner = new ChunkTuner(LIMITS, { chunkSize: 4 * MiB, inFlight: 4 * MiB }, 50); // below what even 0 bytes give
+    run(tuner, 20, true);
+    expect(tuner.chunkSize).toBe(LIMITS.minChunk);
+    expect(tuner.queueDepth).toBe(1);
+  });
+
+  it('puts more in flight while the application has headroom', () => {
+    const tuner = new ChunkTuner(LIMITS, { chunkSize: MiB, inFlight: MiB }, 10_000);
+    const ds = run(tuner, 3, true);
+    expect(ds.map((d) => d.reason)).toEqual(['headroom', 'headroom', 'headroom']);
+    expect(tuner.queueDepth).toBeGreaterThan(1);
+  });
+
+  it('holds still when the speed limit, not the disk, sets the pace', () => {
+    const tuner = new ChunkTuner(LIMITS, { chunkSize: MiB, inFlight: 16 * MiB });
+    const d = tuner.decide({ seconds: 0.1, bytesCopied: 1e6, backlogBytes: 1e9, app: NO_LATENCIES, rateLimited: true });
+    expect(d).toMatchObject({ reason: 'rate-limited', chunkSize: MiB });
+  });
+
+  it('holds still when there is nothing to copy', () => {
+    const tuner = new ChunkTuner(LIMITS, { chunkSize: MiB, inFlight: 16 * MiB });
+    const d = tuner.decide({ seconds: 0.1, bytesCopied: 0, backlogBytes: 0, app: NO_LATENCIES, rateLimited: false });
+    expect(d).toMatchObject({ reason: 'idle', chunkSize: MiB });
+  });
+
+  it('ignores a p99 from too few application writes', () => {
+    const tuner = new ChunkTuner(LIMITS, { chunkSize: MiB, inFlight: 16 * MiB }, 100);
+    const few = { ...appP99At(16 * MiB), count: 3 };
+    const d = tuner.decide({ seconds: 0.1, bytesCopied: 1e8, backlogBytes: 1e9, app: few, rateLimited: false });
+    expect(d.reason).not.toBe('app-latency');
+  });
+});

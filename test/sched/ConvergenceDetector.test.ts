@@ -1,0 +1,52 @@
+import { describe, expect, it } from 'vitest';
+import { ConvergenceDetector, type ConvergenceState } from '../../src/sched/ConvergenceDetector.js';
+
+const MiB = 1 << 20;
+
+/** Feeds `seconds` of 100 ms samples: the writer dirties `dirtyPerSec`, the copier cleans `cleanPerSec`. */
+function simulate(d: ConvergenceDetector, seconds: number, dirtyPerSec: number, cleanPerSec: number, backlog0: number): ConvergenceState {
+  let state!: ConvergenceState;
+  let backlog = backlog0;
+  let dirtied = backlog0;
+  let copied = 0;
+  for (let t = 0; t <= seconds * 1000; t += 100) {
+    state = d.sample({ nowMs: t, backlogBytes: backlog, dirtiedBytes: dirtied, copiedBytes: copied });
+    const clean = Math.min(backlog + dirtyPerSec / 10, cleanPerSec / 10);
+    dirtied += dirtyPerSec / 10;
+    copied += clean;
+    backlog = Math.max(0, backlog + dirtyPerSec / 10 - clean);
+  }
+  return state;
+}
+
+describe('ConvergenceDetector', () => {
+  it('flags a writer faster than the copier as not converging, saying why', () => {
+    const s = simulate(new ConvergenceDetector(), 5, 200 * MiB, 100 * MiB, 512 * MiB);
+    expect(s.converging).toBe(false);
+    expect(s.reason).toMatch(/not converging/);
+    expect(s.etaSeconds).toBe(Number.POSITIVE_INFINITY);
+  });
+
+  it('calls a shrinking backlog converging, with an ETA', () => {
+    const s = simulate(new ConvergenceDetector(), 5, 50 * MiB, 150 * MiB, 4096 * MiB);
+    expect(s.converging).toBe(true);
+    expect(s.etaSeconds).toBeGreaterThan(0);
+    expect(s.etaSeconds).toBeLessThan(Number.POSITIVE_INFINITY);
+  });
+
+  it('is in sync once the backlog is empty', () => {
+    const s = simulate(new ConvergenceDetector(), 5, 10 * MiB, 500 * MiB, 64 * MiB);
+    expect(s).toMatchObject({ converging: true, reason: 'in sync', etaSeconds: 0 });
+  });
+
+  it('does not call a job non-converging before it has watched a whole window', () => {
+    const s = simulate(new ConvergenceDetector({ windowMs: 3000 }), 2, 200 * MiB, 100 * MiB, 512 * MiB);
+    expect(s).toMatchObject({ converging: true, reason: 'measuring' });
+  });
+
+  it('smooths the rates towards what the writer and the copier do', () => {
+    const s = simulate(new ConvergenceDetector(), 8, 100 * MiB, 40 * MiB, 512 * MiB);
+    expect(s.dirtyRate / MiB).toBeCloseTo(100, -1);
+    expect(s.cleanRate / MiB).toBeCloseTo(40, -1);
+  });
+});
