@@ -10,6 +10,9 @@ import { GuardedDirtyExtents } from './GuardedDirtyExtents.js';
 import type { RangeLocks } from './RangeLocks.js';
 import type { UnsafeTestHooks } from './TrackedDevice.js';
 
+/** Once caught up, new writes are collected this long before they are copied, in coalesced batches. */
+const COALESCE_MS = 10;
+
 /** An extent whose copy failed; its bits are already marked dirty again. */
 export interface FailedExtent {
   readonly offset: number;
@@ -76,6 +79,7 @@ export class MirrorCopier {
       limiter: this.limiter,
       onBatch: (outcome) => this.#onBatch(outcome),
       onIdle: () => this.#checkClean(),
+      coalesceMs: COALESCE_MS,
       preemptAfterRead: options.testHooks?.skipWriteBlockingWait === true,
       waitForWork: (ms) => (options.bitmap.count() > 0 ? new Promise((r) => setTimeout(r, ms)) : options.bitmap.changed(ms)),
     });

@@ -34,6 +34,12 @@ export interface CopySchedulerOptions {
   readonly onBatch: (outcome: BatchOutcome) => void;
   /** How long to wait for new work when the source has none but is not exhausted. */
   readonly idleWaitMs?: number;
+  /**
+   * After waiting idle, wait this much longer before taking work, so that the writes arriving
+   * meanwhile are copied in a few coalesced batches instead of one tiny task each (QEMU's mirror
+   * sleeps a whole 100 ms slice when it has caught up). 0: take at once.
+   */
+  readonly coalesceMs?: number;
   /** Called when the source had nothing to hand out (a mirror checks here whether it is in sync). */
   readonly onIdle?: () => void;
   /** @internal Tests of the stress test only: workers pause between each read and its write. */
@@ -129,6 +135,7 @@ export class CopyScheduler {
         if (this.#stopped) break;
         const ms = o.idleWaitMs ?? DEFAULT_IDLE_WAIT_MS;
         await (o.waitForWork ? Promise.race([this.#sleep(ms), o.waitForWork(ms)]) : this.#sleep(ms));
+        if (o.coalesceMs && !this.#stopped) await new Promise((resolve) => setTimeout(resolve, o.coalesceMs));
         continue;
       }
       this.#dispatch(extents, count);
