@@ -104,7 +104,6 @@ export class MirrorJob extends EventEmitter<MirrorJobEvents> {
   #status: JobStatusValue = JobStatus.CREATED;
   #ioStatus: IoStatus = 'ok';
   #driving = false;
-  #pausedByUser = false;
   #finishing = false;
   #outcome: JobOutcome | undefined;
   #settle!: (o: JobOutcome) => void;
@@ -221,13 +220,11 @@ export class MirrorJob extends EventEmitter<MirrorJobEvents> {
   /** Holds the job: no copy I/O once the operations in flight are done. Writes are still tracked. */
   async pause(): Promise<void> {
     this.#assertVerb('pause');
-    this.#pausedByUser = true;
     await this.#enterPause();
   }
 
   resume(): void {
     this.#assertVerb('resume');
-    this.#pausedByUser = false;
     this.#ioStatus = 'ok';
     this.#transition(this.#status === JobStatus.STANDBY ? JobStatus.READY : JobStatus.RUNNING);
     this.#p.copier.resume();
