@@ -49,6 +49,13 @@ export interface MirrorOptions {
   /** Drop a concluded job at once (default); else keep it until `dismiss`. */
   readonly autoDismiss?: boolean;
   readonly direct?: boolean;
+  /**
+   * Already open devices to use as the source and target (a daemon's block nodes, say) instead of
+   * opening `source` and `target` again. The specs still tell worker threads how to open handles
+   * of their own. The job never closes a device it was given.
+   */
+  readonly sourceDevice?: BlockDevice;
+  readonly targetDevice?: BlockDevice;
   /** @internal Broken orders for tests of the stress test. */
   readonly unsafeTestHooks?: UnsafeTestHooks;
 }
@@ -101,6 +108,12 @@ async function startBitmap(o: MirrorOptions, size: number, granularity: number):
   return bitmap;
 }
 
+async function openOwned(spec: DeviceSpec, opened: BlockDevice[]): Promise<BlockDevice> {
+  const device = await openDevice(spec);
+  opened.push(device);
+  return device;
+}
+
 /**
  * Starts a live mirror of `source` to `target` and resolves once it is running. Do the
  * application's I/O through `job.device` (or, on other threads, through `job.tracker()`).
@@ -111,13 +124,11 @@ export async function startMirror(options: MirrorOptions): Promise<MirrorJob> {
     typeof options.source === 'string' ? deviceSpecFor(options.source, { role: 'source', writable: true, direct: options.direct }) : options.source;
   const opened: BlockDevice[] = [];
   try {
-    const source = await openDevice(sourceSpec);
-    opened.push(source);
+    const source = options.sourceDevice ?? (await openOwned(sourceSpec, opened));
     const targetSpec =
       typeof options.target === 'string' ? deviceSpecFor(options.target, { role: 'target', writable: true, direct: options.direct }) : options.target;
-    await prepareTarget(targetSpec, sourceSpec, source.size);
-    const target = await openDevice(targetSpec);
-    opened.push(target);
+    if (!options.targetDevice) await prepareTarget(targetSpec, sourceSpec, source.size);
+    const target = options.targetDevice ?? (await openOwned(targetSpec, opened));
     checkTargetSize(target.description, target.size, source.size);
 
     const bitmap = await startBitmap(options, source.size, tuning.granularity);
@@ -161,6 +172,7 @@ export async function startMirror(options: MirrorOptions): Promise<MirrorJob> {
       targetSpec,
       source,
       target,
+      ownedDevices: [...opened],
       bitmap,
       gate,
       locks,
