@@ -8,9 +8,9 @@ import { readFile, truncate } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { NbdDevice } from '../../src/index.js';
-import { useDaemons } from '../helpers/daemon.js';
+import { useDaemons, type DaemonBinary } from '../helpers/daemon.js';
 import { writeRandomFile } from '../helpers/files.js';
-import { imagesIdentical, missing, run } from '../helpers/peers.js';
+import { imagesIdentical, missing, run, usePeers } from '../helpers/peers.js';
 import { QmpClient } from '../helpers/qmpClient.js';
 import { useScratchDir } from '../helpers/scratch.js';
 
@@ -19,7 +19,11 @@ const scratch = useScratchDir();
 const startDaemon = useDaemons();
 
 /** A daemon serving `src.img` (random data) as writable NBD export `src`, with a QMP socket. */
-async function daemonWithSource(size: number, extra: string[] = []): Promise<{ dir: string; src: string; dst: string; nbd: string; qmp: QmpClient }> {
+async function daemonWithSource(
+  size: number,
+  extra: string[] = [],
+  binary: DaemonBinary = 'blockmirror',
+): Promise<{ dir: string; src: string; dst: string; nbd: string; qmp: QmpClient }> {
   const dir = await scratch();
   const src = join(dir, 'src.img');
   const dst = join(dir, 'dst.img');
@@ -33,7 +37,7 @@ async function daemonWithSource(size: number, extra: string[] = []): Promise<{ d
     '--chardev', `socket,id=m0,path=${join(dir, 'qmp.sock')},server=on,wait=off`,
     '--monitor', 'chardev=m0',
     ...extra,
-  ], { qmp: join(dir, 'qmp.sock') });
+  ], { qmp: join(dir, 'qmp.sock'), binary });
   const qmp = await QmpClient.connect(d.qmp);
   return { dir, src, dst, nbd, qmp };
 }
@@ -212,5 +216,75 @@ describe.skipIf(missing('fio').length > 0)('blockmirror daemon: mirror while fio
     // fio went on writing after the pivot: those writes are on the target only.
     expect(await imagesIdentical(src, dst)).toBe(false);
     await qmp.execute('quit');
+  });
+});
+
+describe('blockmirror daemon: the same session as qemu-storage-daemon', () => {
+  /** blockdev-add, blockdev-mirror, ready, complete: what the events say, without timestamps. */
+  async function session(binary: DaemonBinary): Promise<{ events: string[]; identical: boolean; exports: unknown }> {
+    const { src, dst, qmp } = await daemonWithSource(8 * MiB, [], binary);
+    await qmp.execute('blockdev-add', { driver: 'file', 'node-name': 'dst', filename: dst });
+    await qmp.execute('blockdev-mirror', { 'job-id': 'job0', device: 'src', target: 'dst', sync: 'full' });
+    await qmp.waitEvent('BLOCK_JOB_READY');
+    await qmp.execute('block-job-complete', { device: 'job0' });
+    await qmp.waitEvent('JOB_STATUS_CHANGE', (d) => d.status === 'null');
+    const exports = await qmp.execute('query-block-exports');
+    const events = qmp.events.map((e) => `${e.event} ${JSON.stringify(e.data)}`);
+    await qmp.execute('quit');
+    return { events, identical: await imagesIdentical(src, dst), exports };
+  }
+
+  it.skipIf(missing('qemu-storage-daemon').length > 0)('sends the same events, in the same order, with the same fields', async () => {
+    const ours = await session('blockmirror');
+    const qemu = await session('qemu-storage-daemon');
+    // Field order inside "data" differs (JSON objects are unordered): compare parsed.
+    const parse = (lines: string[]): unknown[] => lines.map((l) => [l.split(' ')[0], JSON.parse(l.slice(l.indexOf(' ') + 1))]);
+    expect(parse(ours.events)).toEqual(parse(qemu.events));
+    expect(ours.exports).toEqual(qemu.exports);
+    expect([ours.identical, qemu.identical]).toEqual([true, true]);
+  });
+});
+
+describe.skipIf(missing('qemu-nbd').length > 0)('blockmirror daemon: raw and nbd nodes', () => {
+  const peers = usePeers();
+
+  it('mirrors a raw node (over an inline file node, given as JSON) into an nbd node on qemu-nbd, on one connection', async () => {
+    const dir = await scratch();
+    const src = join(dir, 'src.img');
+    const remote = join(dir, 'remote.img');
+    await writeRandomFile(src, 16 * MiB);
+    await truncate(await writeRandomFile(remote, 0).then(() => remote), 16 * MiB);
+    // qemu-nbd serves one client: the node's connection must be the one the job copies on.
+    await peers.qemuNbd(['-f', 'raw', `--socket=${join(dir, 'remote.sock')}`, '-x', 'remote', remote]);
+    const d = await startDaemon([
+      '--blockdev', JSON.stringify({ driver: 'raw', 'node-name': 'disk', file: { driver: 'file', filename: src } }),
+      '--blockdev', `driver=nbd,node-name=far,server.type=unix,server.path=${join(dir, 'remote.sock')},export=remote`,
+      '--nbd-server', `addr.type=unix,addr.path=${join(dir, 'nbd.sock')}`,
+      '--export', 'type=nbd,id=e0,node-name=disk,name=vm,writable=on',
+      '--qmp', join(dir, 'qmp.sock'),
+    ]);
+    const qmp = await QmpClient.connect(d.qmp);
+    const nodes = await qmp.execute<Array<{ 'node-name': string; drv: string }>>('query-named-block-nodes');
+    expect(nodes.map((n) => [n['node-name'].startsWith('#block') ? '#block' : n['node-name'], n.drv])).toEqual([
+      ['#block', 'file'],
+      ['disk', 'raw'],
+      ['far', 'nbd'],
+    ]);
+    await qmp.execute('block-dirty-bitmap-add', { node: nodes[0]!['node-name'], name: 'below' });
+    const client = await NbdDevice.open({ kind: 'nbd', uri: `nbd+unix:///vm?socket=${join(dir, 'nbd.sock')}`, writable: true });
+    await qmp.execute('blockdev-mirror', { 'job-id': 'out', device: 'disk', target: 'far', sync: 'full' });
+    await client.write(Buffer.alloc(65536, 9), 7 * MiB);
+    await qmp.waitEvent('BLOCK_JOB_READY');
+    await client.close();
+    await qmp.execute('block-job-complete', { device: 'out' });
+    const done = await qmp.waitEvent('BLOCK_JOB_COMPLETED');
+    expect(done.data!.error).toBeUndefined();
+    // The write through the raw node marked the file node below it too.
+    const below = (await qmp.execute<Array<{ 'node-name': string; 'dirty-bitmaps'?: Array<{ count: number }> }>>('query-named-block-nodes'))[0]!;
+    expect(below['dirty-bitmaps']![0]!.count).toBe(65536);
+    expect(await qmp.execute('query-block-exports')).toMatchObject([{ id: 'e0', 'node-name': 'far' }]);
+    await qmp.execute('quit');
+    expect(await d.exited).toBe(0);
+    expect(await imagesIdentical(src, remote)).toBe(true);
   });
 });

@@ -104,15 +104,14 @@ export class QmpClient {
     this.#socket.write(text);
   }
 
-  /** Resolves with the next anonymous reply (one to input that had no id). */
+  /** Takes the oldest anonymous reply (one to input that had no id), waiting for one if there is none. */
   async nextAnonymous(timeoutMs = 5000): Promise<Record<string, unknown>> {
-    const seen = this.anonymous.length;
     const deadline = Date.now() + timeoutMs;
-    while (this.anonymous.length === seen) {
+    while (this.anonymous.length === 0) {
       if (Date.now() > deadline) throw new Error('no reply');
       await new Promise((r) => setTimeout(r, 5));
     }
-    return this.anonymous.splice(0, 1)[0]!;
+    return this.anonymous.shift()!;
   }
 
   /** The first event (already received or still to come) named `name` that `match` accepts. */

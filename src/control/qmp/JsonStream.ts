@@ -49,6 +49,12 @@ export class JsonStream {
         i = end - 1;
         continue;
       }
+      if (i - this.#start > MAX_JSON_BYTES) {
+        // Too long: it is answered with an error once it ends (QEMU's limit works the same way);
+        // meanwhile only its nesting is followed, and its text dropped.
+        this.#failed ??= `JSON parse error, input longer than ${MAX_JSON_BYTES} bytes`;
+        this.#start = i;
+      }
       if (this.#inString) {
         if (this.#escaped) this.#escaped = false;
         else if (c === '\\') this.#escaped = true;
@@ -63,14 +69,6 @@ export class JsonStream {
           out.push(this.#finish(text.slice(this.#start, i + 1)));
           this.#start = -1;
         }
-      }
-      if (this.#start >= 0 && i - this.#start > MAX_JSON_BYTES) {
-        // Too long: report it and drop everything up to here (QEMU resets its lexer the same way).
-        out.push({ ok: false, error: `JSON parse error, input longer than ${MAX_JSON_BYTES} bytes` });
-        this.#reset();
-        this.#text = text.slice(i + 1);
-        this.#scanned = 0;
-        return out.concat(this.push(''));
       }
     }
     if (this.#start < 0) {
