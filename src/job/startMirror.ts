@@ -39,6 +39,11 @@ export interface MirrorOptions {
   readonly bufferSize?: number;
   /** Largest extent one copy operation moves (default 1 MiB, at least the granularity). */
   readonly chunkSize?: number;
+  /**
+   * Copy worker threads (default: one per core, at most 4). 0: no worker threads; the coordinator
+   * copies on its own open devices, as it always does for NBD (a daemon serving writers on the same
+   * thread converges faster this way: docs/perf.md, "QMP daemon").
+   */
   readonly workers?: number;
   /** Copy rate limit in bytes per second (0: none). */
   readonly speed?: number;
@@ -78,7 +83,7 @@ function checkOptions(o: MirrorOptions): { granularity: number; chunkSize: numbe
     throw invalid(`buffer size must be at least one chunk (${chunkSize} bytes), not ${bufferSize}`);
   }
   const workers = o.workers ?? defaultWorkers();
-  if (!Number.isSafeInteger(workers) || workers < 1 || workers > 64) throw invalid(`workers must be from 1 to 64, not ${workers}`);
+  if (!Number.isSafeInteger(workers) || workers < 0 || workers > 64) throw invalid(`workers must be from 0 to 64, not ${workers}`);
   const speed = o.speed ?? 0;
   if (!Number.isSafeInteger(speed) || speed < 0) throw invalid(`speed must be a whole number of bytes per second, not ${speed}`);
   for (const [name, policy] of [['onSourceError', o.onSourceError], ['onTargetError', o.onTargetError]] as const) {

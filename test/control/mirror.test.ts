@@ -288,3 +288,42 @@ describe.skipIf(missing('qemu-nbd').length > 0)('blockmirror daemon: raw and nbd
     expect(await imagesIdentical(src, remote)).toBe(true);
   });
 });
+
+describe.skipIf(missing('nbdkit').length > 0)('blockmirror daemon: target errors over QMP', () => {
+  const peers = usePeers();
+
+  async function failingTarget(policy: string): Promise<{ qmp: QmpClient }> {
+    const dir = await scratch();
+    const src = join(dir, 'src.img');
+    await writeRandomFile(src, 4 * MiB);
+    await peers.nbdkit(['-U', join(dir, 'bad.sock'), '--filter=error', 'memory', '4M', 'error-pwrite=ENOSPC', 'error-pwrite-rate=1']);
+    const d = await startDaemon([
+      '--blockdev', `driver=file,node-name=src,filename=${src}`,
+      '--blockdev', `driver=nbd,node-name=bad,server.type=unix,server.path=${join(dir, 'bad.sock')}`,
+      '--qmp', join(dir, 'qmp.sock'),
+    ]);
+    const qmp = await QmpClient.connect(d.qmp);
+    await qmp.execute('blockdev-mirror', { 'job-id': 'j', device: 'src', target: 'bad', sync: 'full', 'on-target-error': policy });
+    return { qmp };
+  }
+
+  it("on-target-error 'report': BLOCK_JOB_ERROR, then BLOCK_JOB_COMPLETED with the error", async () => {
+    const { qmp } = await failingTarget('report');
+    const err = await qmp.waitEvent('BLOCK_JOB_ERROR');
+    expect(err.data).toEqual({ device: 'j', operation: 'write', action: 'report' });
+    const done = await qmp.waitEvent('BLOCK_JOB_COMPLETED');
+    expect(done.data).toMatchObject({ device: 'j', type: 'mirror', error: 'No space left on device' });
+    await qmp.execute('quit');
+  });
+
+  it("on-target-error 'enospc': the job stops with io-status nospace until resumed or cancelled", async () => {
+    const { qmp } = await failingTarget('enospc');
+    const err = await qmp.waitEvent('BLOCK_JOB_ERROR');
+    expect(err.data).toEqual({ device: 'j', operation: 'write', action: 'stop' });
+    await qmp.waitEvent('JOB_STATUS_CHANGE', (d) => d.status === 'paused');
+    expect((await qmp.execute<Array<Record<string, unknown>>>('query-block-jobs'))[0]).toMatchObject({ status: 'paused', paused: true, 'io-status': 'nospace' });
+    await qmp.execute('block-job-cancel', { device: 'j', force: true });
+    await qmp.waitEvent('BLOCK_JOB_CANCELLED');
+    await qmp.execute('quit');
+  });
+});
