@@ -4,12 +4,12 @@
  * pivot), persistent bitmaps saved next to the image or in --bitmap-dir across a restart, a crash
  * that leaves them inconsistent, and an incremental mirror (sync=bitmap) from one.
  */
-import { copyFile, readdir, truncate } from 'node:fs/promises';
+import { copyFile, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { loadBitmap, NbdDevice, readBitmapHeader } from '../../src/index.js';
 import { useDaemons, type RunningDaemon } from '../helpers/daemon.js';
-import { writeRandomFile } from '../helpers/files.js';
+import { sparseFile, writeRandomFile } from '../helpers/files.js';
 import { imagesIdentical } from '../helpers/peers.js';
 import { QmpClient } from '../helpers/qmpClient.js';
 import { useScratchDir } from '../helpers/scratch.js';
@@ -103,7 +103,7 @@ describe('blockmirror daemon: dirty bitmaps', () => {
   it('marks the source node while a mirror runs, and the target node after the pivot', async () => {
     const dir = await scratch();
     await writeRandomFile(join(dir, 'disk.img'), 8 * MiB);
-    await truncate(await writeRandomFile(join(dir, 't.img'), 0).then(() => join(dir, 't.img')), 8 * MiB);
+    await sparseFile(join(dir, 't.img'), 8 * MiB);
     const s = await start(dir);
     const { qmp, nbd } = s;
     await qmp.execute('blockdev-add', { driver: 'file', 'node-name': 't', filename: join(dir, 't.img') });

@@ -4,12 +4,12 @@
  * BLOCK_JOB_COMPLETED with len == offset, identical target; then the same under fio writing
  * through the daemon's NBD export, and the pivot seen from that export.
  */
-import { readFile, truncate } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { NbdDevice } from '../../src/index.js';
-import { useDaemons, type DaemonBinary } from '../helpers/daemon.js';
-import { writeRandomFile } from '../helpers/files.js';
+import { NbdDevice, readBitmapHeader } from '../../src/index.js';
+import { useDaemons, type DaemonBinary, type RunningDaemon } from '../helpers/daemon.js';
+import { sparseFile, writeRandomFile } from '../helpers/files.js';
 import { imagesIdentical, missing, run, usePeers } from '../helpers/peers.js';
 import { QmpClient } from '../helpers/qmpClient.js';
 import { useScratchDir } from '../helpers/scratch.js';
@@ -23,12 +23,12 @@ async function daemonWithSource(
   size: number,
   extra: string[] = [],
   binary: DaemonBinary = 'blockmirror',
-): Promise<{ dir: string; src: string; dst: string; nbd: string; qmp: QmpClient }> {
+): Promise<{ dir: string; src: string; dst: string; nbd: string; qmp: QmpClient; daemon: RunningDaemon }> {
   const dir = await scratch();
   const src = join(dir, 'src.img');
   const dst = join(dir, 'dst.img');
   await writeRandomFile(src, size);
-  await truncate(await writeRandomFile(dst, 0).then(() => dst), size);
+  await sparseFile(dst, size);
   const nbd = join(dir, 'nbd.sock');
   const d = await startDaemon([
     '--blockdev', `driver=file,node-name=src,filename=${src}`,
@@ -39,7 +39,7 @@ async function daemonWithSource(
     ...extra,
   ], { qmp: join(dir, 'qmp.sock'), binary });
   const qmp = await QmpClient.connect(d.qmp);
-  return { dir, src, dst, nbd, qmp };
+  return { dir, src, dst, nbd, qmp, daemon: d };
 }
 
 describe('blockmirror daemon: mirror over QMP', () => {
@@ -125,7 +125,7 @@ describe('blockmirror daemon: mirror over QMP', () => {
     await qmp.waitEvent('JOB_STATUS_CHANGE', (d) => d.id === 'slow' && d.status === 'null');
 
     const other = join(dir, 'other.img');
-    await truncate(await writeRandomFile(other, 0).then(() => other), 16 * MiB);
+    await sparseFile(other, 16 * MiB);
     await qmp.execute('blockdev-add', { driver: 'file', 'node-name': 'other', filename: other });
     await qmp.execute('blockdev-mirror', { 'job-id': 'manual', device: 'src', target: 'other', sync: 'full', 'auto-finalize': false, 'auto-dismiss': false });
     await qmp.waitEvent('BLOCK_JOB_READY', (d) => d.device === 'manual');
@@ -147,7 +147,7 @@ describe('blockmirror daemon: mirror over QMP', () => {
     const src2 = join(dir, 'src2.img');
     const dst2 = join(dir, 'dst2.img');
     await writeRandomFile(src2, 8 * MiB);
-    await truncate(await writeRandomFile(dst2, 0).then(() => dst2), 8 * MiB);
+    await sparseFile(dst2, 8 * MiB);
     for (const [name, filename] of [['dst', dst], ['src2', src2], ['dst2', dst2]] as const) {
       await qmp.execute('blockdev-add', { driver: 'file', 'node-name': name, filename });
     }
@@ -166,7 +166,41 @@ describe('blockmirror daemon: mirror over QMP', () => {
     await qmp.waitEvent('BLOCK_JOB_COMPLETED', (d) => d.device === 'b');
     expect(await imagesIdentical(src, dst)).toBe(true);
     expect(await imagesIdentical(src2, dst2)).toBe(true);
+    // Both pivoted: the export serves the new node, and the bitmap started at the switch.
+    expect(await qmp.execute('query-block-exports')).toMatchObject([{ 'node-name': 'dst' }]);
     await qmp.execute('quit');
+  });
+
+  it('cancels two READY jobs at one point in time: both end consistent, without pivot', async () => {
+    const { dir, src, dst, qmp } = await daemonWithSource(8 * MiB);
+    const dst2 = join(dir, 'dst2.img');
+    await sparseFile(dst2, 8 * MiB);
+    await qmp.execute('blockdev-add', { driver: 'file', 'node-name': 'dst', filename: dst });
+    await qmp.execute('blockdev-add', { driver: 'raw', 'node-name': 'dst2', file: { driver: 'file', filename: dst2 } });
+    await qmp.execute('blockdev-add', { driver: 'raw', 'node-name': 'view', file: 'src' });
+    await qmp.execute('blockdev-mirror', { 'job-id': 'a', device: 'src', target: 'dst', sync: 'full' });
+    await qmp.waitEvent('BLOCK_JOB_READY', (d) => d.device === 'a');
+    // A node under another job cannot be mirrored again, even through a raw node over it.
+    expect(await qmp.request('blockdev-mirror', { 'job-id': 'b', device: 'view', target: 'dst2', sync: 'full' })).toMatchObject({ error: { desc: expect.stringMatching(/busy/) } });
+    await qmp.execute('transaction', { actions: [{ type: 'x-blockmirror-block-job-cancel', data: { device: 'a' } }] });
+    const done = await qmp.waitEvent('BLOCK_JOB_COMPLETED', (d) => d.device === 'a');
+    expect(done.data!.len).toBe(done.data!.offset);
+    expect(await qmp.execute('query-block-exports')).toMatchObject([{ 'node-name': 'src' }]);
+    expect(await imagesIdentical(src, dst)).toBe(true);
+    await qmp.execute('quit');
+  });
+
+  it('SIGTERM stops a running job (BLOCK_JOB_CANCELLED), saves bitmaps clean and exits 0', async () => {
+    const { dir, dst, qmp, daemon: d } = await daemonWithSource(8 * MiB);
+    await qmp.execute('blockdev-add', { driver: 'file', 'node-name': 'dst', filename: dst });
+    await qmp.execute('block-dirty-bitmap-add', { node: 'src', name: 'p', persistent: true });
+    await qmp.execute('blockdev-mirror', { 'job-id': 'slow', device: 'src', target: 'dst', sync: 'full', speed: MiB });
+    d.child.kill('SIGTERM');
+    const cancelled = await qmp.waitEvent('BLOCK_JOB_CANCELLED');
+    expect(cancelled.data).toMatchObject({ device: 'slow' });
+    await qmp.waitEvent('BLOCK_EXPORT_DELETED');
+    expect(await d.exited).toBe(0);
+    expect((await readBitmapHeader(join(dir, 'src.img.p.bmp'))).inUse).toBe(false);
   });
 });
 
@@ -253,7 +287,7 @@ describe.skipIf(missing('qemu-nbd').length > 0)('blockmirror daemon: raw and nbd
     const src = join(dir, 'src.img');
     const remote = join(dir, 'remote.img');
     await writeRandomFile(src, 16 * MiB);
-    await truncate(await writeRandomFile(remote, 0).then(() => remote), 16 * MiB);
+    await sparseFile(remote, 16 * MiB);
     // qemu-nbd serves one client: the node's connection must be the one the job copies on.
     await peers.qemuNbd(['-f', 'raw', `--socket=${join(dir, 'remote.sock')}`, '-x', 'remote', remote]);
     const d = await startDaemon([

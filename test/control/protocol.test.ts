@@ -3,12 +3,13 @@
  * ({"error": {"class", "desc"}}, the request's id echoed where it had one) and the daemon keeps
  * running. One daemon serves every case; after each, it must still answer a command.
  */
-import { mkdtemp, rm, truncate, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startDaemon, type RunningDaemon } from '../helpers/daemon.js';
 import { runCli } from '../helpers/cli.js';
+import { sparseFile } from '../helpers/files.js';
 import { QmpClient } from '../helpers/qmpClient.js';
 
 const MiB = 1 << 20;
@@ -18,10 +19,9 @@ let qmp: QmpClient;
 
 beforeAll(async () => {
   dir = await mkdtemp(join(process.env.BLOCKMIRROR_TEST_DIR ?? tmpdir(), 'bm-qmp-'));
-  for (const name of ['src.img', 'dst.img', 'small.img']) await writeFile(join(dir, name), '');
-  await truncate(join(dir, 'src.img'), 64 * MiB);
-  await truncate(join(dir, 'dst.img'), 64 * MiB);
-  await truncate(join(dir, 'small.img'), MiB);
+  await sparseFile(join(dir, 'src.img'), 64 * MiB);
+  await sparseFile(join(dir, 'dst.img'), 64 * MiB);
+  await sparseFile(join(dir, 'small.img'), MiB);
   daemon = await startDaemon([
     '--blockdev', `driver=file,node-name=src,filename=${join(dir, 'src.img')}`,
     '--blockdev', `driver=file,node-name=dst,filename=${join(dir, 'dst.img')}`,
