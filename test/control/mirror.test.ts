@@ -204,6 +204,32 @@ describe('blockmirror daemon: mirror over QMP', () => {
   });
 });
 
+describe('blockmirror daemon: NBD server and exports over QMP', () => {
+  it('nbd-server-start, block-export-add, block-export-del safe (refused with a client) and hard, nbd-server-stop', async () => {
+    const dir = await scratch();
+    await writeRandomFile(join(dir, 'disk.img'), MiB);
+    const d = await startDaemon(['--blockdev', `driver=file,node-name=disk,filename=${join(dir, 'disk.img')}`, '--qmp', join(dir, 'q.sock')]);
+    const qmp = await QmpClient.connect(d.qmp);
+    expect(await qmp.request('block-export-add', { type: 'nbd', id: 'x', 'node-name': 'disk' })).toMatchObject({ error: { desc: 'NBD server not running' } });
+    await qmp.execute('nbd-server-start', { addr: { type: 'unix', data: { path: join(dir, 'n.sock') } } });
+    await qmp.execute('block-export-add', { type: 'nbd', id: 'x', 'node-name': 'disk', name: 'data', writable: true });
+    const client = await NbdDevice.open({ kind: 'nbd', uri: `nbd+unix:///data?socket=${join(dir, 'n.sock')}`, writable: true });
+    await client.write(Buffer.alloc(512, 1), 0);
+    expect(await qmp.request('block-export-del', { id: 'x' })).toMatchObject({ error: { desc: "export 'x' still in use" } });
+    await qmp.execute('block-export-del', { id: 'x', mode: 'hard' });
+    await qmp.waitEvent('BLOCK_EXPORT_DELETED', (e) => e.id === 'x');
+    expect(await qmp.execute('query-block-exports')).toEqual([]);
+    await expect(client.read(Buffer.alloc(512), 0)).rejects.toThrow();
+    await client.close().catch(() => undefined);
+    await qmp.execute('nbd-server-stop');
+    expect(await qmp.request('nbd-server-stop')).toMatchObject({ error: { desc: 'NBD server not running' } });
+    await qmp.execute('blockdev-del', { 'node-name': 'disk' });
+    expect(await qmp.execute('query-named-block-nodes')).toEqual([]);
+    await qmp.execute('quit');
+    expect(await d.exited).toBe(0);
+  });
+});
+
 describe.skipIf(missing('fio').length > 0)('blockmirror daemon: mirror while fio writes through the NBD export', () => {
   const fio = (nbd: string, extra: string[]): Promise<Awaited<ReturnType<typeof run>>> =>
     run('fio', ['--name=w', '--ioengine=nbd', `--uri=nbd+unix:///src?socket=${nbd}`, '--rw=randwrite', '--bs=4k', '--iodepth=8', '--output-format=json', ...extra], {
