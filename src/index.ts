@@ -107,3 +107,15 @@ export {
   saveBitmap,
 } from './bitmap/BitmapFile.js';
 export type { BitmapFileHeader, LoadBitmapOptions, LoadedBitmap, SaveBitmapOptions } from './bitmap/BitmapFile.js';
+/**
+ * The QMP daemon behind `blockmirror daemon`: `new Daemon(options)`, start-up options in
+ * qemu-storage-daemon's form with {@link applyStartupOptions} (or `daemon.execute(command, args)`),
+ * QMP monitors with `daemon.listenQmp(path)`, and `daemon.shutdown(reason)`.
+ */
+export { Daemon, QMP_VERSION } from './control/Daemon.js';
+export type { DaemonOptions } from './control/Daemon.js';
+export { applyStartupOptions, StartupError } from './control/startup.js';
+export type { StartupOptions } from './control/startup.js';
+export { QmpError } from './control/qmp/QmpError.js';
+export type { QmpErrorClass } from './control/qmp/QmpError.js';
+export type { QmpVersion } from './control/qmp/QmpServer.js';

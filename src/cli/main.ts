@@ -1,6 +1,7 @@
 import { Command, CommanderError } from 'commander';
 import { registerBitmapCommand } from './bitmapCommand.js';
 import { registerCopyCommand } from './copyCommand.js';
+import { registerDaemonCommand } from './daemonCommand.js';
 import { registerDemoCommand } from './demoCommand.js';
 import { ExitCode, exitCodeFor } from './exitCodes.js';
 import { reportError } from './output.js';
@@ -16,6 +17,7 @@ function program(): Command {
   registerDemoCommand(root);
   registerServeCommand(root);
   registerBitmapCommand(root);
+  registerDaemonCommand(root);
   for (const cmd of root.commands) cmd.exitOverride();
   return root;
 }

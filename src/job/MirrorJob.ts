@@ -75,6 +75,8 @@ export interface MirrorJobParts {
   readonly targetSpec: DeviceSpec;
   readonly source: BlockDevice;
   readonly target: BlockDevice;
+  /** The devices the job opened itself, closed by `close` (not those it was given). */
+  readonly ownedDevices: readonly BlockDevice[];
   readonly bitmap: DirtyBitmap;
   readonly gate: WriterGate;
   readonly locks: RangeLocks;
@@ -267,10 +269,13 @@ export class MirrorJob extends EventEmitter<MirrorJobEvents> {
     this.#transition(JobStatus.NULL);
   }
 
-  /** Releases the job's devices once it has concluded; `job.device` is unusable afterwards. */
+  /**
+   * Releases the devices the job opened once it has concluded; `job.device` is unusable afterwards
+   * unless the job was given its devices (`sourceDevice`, `targetDevice`), which stay open.
+   */
   async close(): Promise<void> {
     if (!this.#outcome) throw new JobError(ErrorCode.JOB_STATE, `job ${this.id} is still ${this.#status}; cancel or complete it first`);
-    await Promise.all([this.#p.source.close(), this.#p.target.close()]);
+    await Promise.all(this.#p.ownedDevices.map((d) => d.close()));
   }
 
   /** @internal Quiesces this job's writers (transactions quiesce several jobs together). */

@@ -69,6 +69,14 @@ export class TrackedDevice {
     return this.#mode;
   }
 
+  /**
+   * True once writes go to the target (the job pivoted). A write that started before the pivot and
+   * ended after it may have gone to either side; the pivot itself waits for writes in flight.
+   */
+  get pivoted(): boolean {
+    return this.#p.gate.pivoted;
+  }
+
   /** @internal The job switches modes once no write is in flight. */
   setCopyMode(mode: CopyMode): void {
     this.#mode = mode;

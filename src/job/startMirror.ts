@@ -44,6 +44,11 @@ export interface MirrorOptions {
   readonly bufferSize?: number;
   /** Largest extent one copy operation moves (default 1 MiB, at least the granularity). */
   readonly chunkSize?: number;
+  /**
+   * Copy worker threads (default: one per core, at most 4). 0: no worker threads; the coordinator
+   * copies on its own open devices, as it always does for NBD (a daemon serving writers on the same
+   * thread converges faster this way: docs/perf.md, "QMP daemon").
+   */
   readonly workers?: number;
   /** Copy rate limit in bytes per second (0: none). */
   readonly speed?: number;
@@ -62,6 +67,13 @@ export interface MirrorOptions {
   readonly onNoConvergence?: NoConvergencePolicy;
   /** A ready job whose backlog needs more than this many seconds of copying drops back to running (default 1). */
   readonly readyBacklogSeconds?: number;
+  /**
+   * Already open devices to use as the source and target (a daemon's block nodes, say) instead of
+   * opening `source` and `target` again. The specs still tell worker threads how to open handles
+   * of their own. The job never closes a device it was given.
+   */
+  readonly sourceDevice?: BlockDevice;
+  readonly targetDevice?: BlockDevice;
   /** @internal Broken orders for tests of the stress test. */
   readonly unsafeTestHooks?: UnsafeTestHooks;
 }
@@ -91,7 +103,7 @@ function checkOptions(o: MirrorOptions): {
     throw invalid(`buffer size must be at least one chunk (${chunkSize} bytes), not ${bufferSize}`);
   }
   const workers = o.workers ?? defaultWorkers();
-  if (!Number.isSafeInteger(workers) || workers < 1 || workers > 64) throw invalid(`workers must be from 1 to 64, not ${workers}`);
+  if (!Number.isSafeInteger(workers) || workers < 0 || workers > 64) throw invalid(`workers must be from 0 to 64, not ${workers}`);
   const speed = o.speed ?? 0;
   if (!Number.isSafeInteger(speed) || speed < 0) throw invalid(`speed must be a whole number of bytes per second, not ${speed}`);
   for (const [name, policy] of [['onSourceError', o.onSourceError], ['onTargetError', o.onTargetError]] as const) {
@@ -128,6 +140,12 @@ async function startBitmap(o: MirrorOptions, size: number, granularity: number):
   return bitmap;
 }
 
+async function openOwned(spec: DeviceSpec, opened: BlockDevice[]): Promise<BlockDevice> {
+  const device = await openDevice(spec);
+  opened.push(device);
+  return device;
+}
+
 /**
  * Starts a live mirror of `source` to `target` and resolves once it is running. Do the
  * application's I/O through `job.device` (or, on other threads, through `job.tracker()`).
@@ -138,13 +156,11 @@ export async function startMirror(options: MirrorOptions): Promise<MirrorJob> {
     typeof options.source === 'string' ? deviceSpecFor(options.source, { role: 'source', writable: true, direct: options.direct }) : options.source;
   const opened: BlockDevice[] = [];
   try {
-    const source = await openDevice(sourceSpec);
-    opened.push(source);
+    const source = options.sourceDevice ?? (await openOwned(sourceSpec, opened));
     const targetSpec =
       typeof options.target === 'string' ? deviceSpecFor(options.target, { role: 'target', writable: true, direct: options.direct }) : options.target;
-    await prepareTarget(targetSpec, sourceSpec, source.size);
-    const target = await openDevice(targetSpec);
-    opened.push(target);
+    if (!options.targetDevice) await prepareTarget(targetSpec, sourceSpec, source.size);
+    const target = options.targetDevice ?? (await openOwned(targetSpec, opened));
     checkTargetSize(target.description, target.size, source.size);
 
     const bitmap = await startBitmap(options, source.size, tuning.granularity);
@@ -189,6 +205,7 @@ export async function startMirror(options: MirrorOptions): Promise<MirrorJob> {
       targetSpec,
       source,
       target,
+      ownedDevices: [...opened],
       bitmap,
       gate,
       locks,

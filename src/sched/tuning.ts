@@ -15,6 +15,12 @@ export const MAX_CHUNK_SIZE = 64 << 20;
 export const TASKS_PER_WORKER = 2;
 /** Threads libuv needs beyond one per operation in flight: the flush lane and the coordinator's own I/O. */
 const THREADPOOL_SPARE = 4;
+/**
+ * Requests a daemon's NBD clients may have in flight besides a job's copies (the NBD server's
+ * default per-client limit): `blockmirror daemon` sizes the pool for both, so an application's
+ * writes do not queue behind a mirror's copy operations.
+ */
+export const DAEMON_CLIENT_REQUESTS = 64;
 /** libuv's own ceiling on UV_THREADPOOL_SIZE. */
 const THREADPOOL_MAX = 1024;
 

@@ -12,7 +12,8 @@ export interface CopyRunner extends TaskRunner {
 
 /**
  * The runner a copy between two open devices should use: the worker pool for files, or the
- * coordinator's own devices when an NBD export is involved (see connectionPlan.ts).
+ * coordinator's own devices when an NBD export is involved (see connectionPlan.ts) or when asked
+ * for no workers (`workers` 0).
  */
 export function createCopyRunner(
   source: BlockDevice,
@@ -20,7 +21,7 @@ export function createCopyRunner(
   sourceSpec: DeviceSpec,
   workers: number,
 ): { runner: CopyRunner; plan: ConnectionPlan } {
-  const plan = planConnections(source, target);
+  const plan: ConnectionPlan = workers === 0 ? { inline: true, note: 'copied by the coordinator thread (no worker threads asked for)' } : planConnections(source, target);
   const runner = plan.inline
     ? new InlineCopyRunner(source, target, sourceSpec.kind === 'file' && sourceSpec.direct === true)
     : new CopyPool({ workers, tasksPerWorker: TASKS_PER_WORKER });

@@ -36,7 +36,7 @@ export function missing(...bins: string[]): string[] {
   const gone = bins.filter((b) => !has(b));
   if (gone.length > 0 && !announced.has(gone.join(' '))) {
     announced.add(gone.join(' '));
-    console.warn(`[nbd tests] skipping tests that need ${gone.join(', ')}: not installed (apt-get install qemu-utils nbdkit libnbd-bin fio)`);
+    console.warn(`[nbd tests] skipping tests that need ${gone.join(', ')}: not installed (apt-get install qemu-utils qemu-system-common nbdkit libnbd-bin fio)`);
   }
   return gone;
 }

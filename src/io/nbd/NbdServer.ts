@@ -1,10 +1,11 @@
 import { unlink } from 'node:fs/promises';
-import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { ErrorCode, InvalidArgumentError, NbdError } from '../../errors.js';
 import type { BlockDevice } from '../BlockDevice.js';
 import { NbdServerSession, type ServedExport, type SessionHost } from './NbdServerSession.js';
 import { formatNbdUri, parseNbdUri, type NbdAddress } from './NbdUri.js';
 import { NBD_MAX_STRING_BYTES } from './protocol.js';
+import { someoneListens } from '../../util/unixSocket.js';
 
 /** Default limit of requests one client may have in progress at once (nbdcopy sends up to 64). */
 export const DEFAULT_MAX_REQUESTS_IN_FLIGHT = 64;
@@ -62,19 +63,45 @@ export class NbdServer {
 
   constructor(options: NbdServerOptions) {
     this.#options = options;
-    for (const e of options.exports) {
-      if (Buffer.byteLength(e.name) > NBD_MAX_STRING_BYTES) {
-        throw new InvalidArgumentError(ErrorCode.INVALID_OPTION, `export name '${e.name.slice(0, 40)}...' is longer than ${NBD_MAX_STRING_BYTES} bytes`);
-      }
-      if (this.#exports.has(e.name)) throw new InvalidArgumentError(ErrorCode.INVALID_OPTION, `two exports are named '${e.name}'`);
-      this.#exports.set(e.name, {
-        name: e.name,
-        description: e.description ?? '',
-        device: e.device,
-        readOnly: e.readOnly === true || e.device.readOnly,
-      });
-    }
+    for (const e of options.exports) this.addExport(e);
     this.#defaultExport = options.defaultExport ?? (options.exports.length === 1 ? options.exports[0]!.name : undefined);
+  }
+
+  /** Adds an export, also while the server listens (a daemon's block-export-add). */
+  addExport(e: NbdExportOptions): void {
+    if (Buffer.byteLength(e.name) > NBD_MAX_STRING_BYTES) {
+      throw new InvalidArgumentError(ErrorCode.INVALID_OPTION, `export name '${e.name.slice(0, 40)}...' is longer than ${NBD_MAX_STRING_BYTES} bytes`);
+    }
+    if (this.#exports.has(e.name)) throw new InvalidArgumentError(ErrorCode.INVALID_OPTION, `two exports are named '${e.name}'`);
+    this.#exports.set(e.name, {
+      name: e.name,
+      description: e.description ?? '',
+      device: e.device,
+      readOnly: e.readOnly === true || e.device.readOnly,
+    });
+  }
+
+  /** True when an export of that name exists. */
+  hasExport(name: string): boolean {
+    return this.#exports.has(name);
+  }
+
+  /** Clients in transmission on the named export. */
+  clientsOf(name: string): number {
+    let n = 0;
+    for (const s of this.#sessions) if (s.exportName === name) n++;
+    return n;
+  }
+
+  /**
+   * Removes an export: new clients no longer find it, and its clients are stopped (the requests
+   * in progress are answered first). Resolves once they are gone. The device stays open.
+   */
+  async removeExport(name: string): Promise<void> {
+    if (!this.#exports.delete(name)) return;
+    const sessions = [...this.#sessions].filter((s) => s.exportName === name);
+    for (const s of sessions) s.stop();
+    await Promise.all(sessions.map((s) => s.done));
   }
 
   /** Where the server listens (with the port TCP port 0 was given), once it does. */
@@ -177,18 +204,6 @@ function listenOn(server: Server, address: NbdAddress): Promise<void> {
     };
     if (address.transport === 'unix') server.listen(address.socket, done);
     else server.listen(address.port, address.host, done);
-  });
-}
-
-/** True when something accepts connections on the Unix socket (so it is not a stale file). */
-function someoneListens(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const probe = connect({ path });
-    probe.once('connect', () => {
-      probe.destroy();
-      resolve(true);
-    });
-    probe.once('error', () => resolve(false));
   });
 }
 

@@ -160,6 +160,11 @@ export class NbdServerSession {
     this.done = this.#run();
   }
 
+  /** The export this client chose, once it has (undefined during the handshake). */
+  get exportName(): string | undefined {
+    return this.#export?.name;
+  }
+
   /**
    * Stops taking requests: a client still in the handshake is dropped; one in transmission gets
    * the answers to the requests in progress, then the connection closes (forcibly after `graceMs`).

@@ -1,0 +1,75 @@
+import { writeFile, unlink } from 'node:fs/promises';
+import type { Command } from 'commander';
+import { Daemon } from '../control/Daemon.js';
+import { applyStartupOptions, StartupError } from '../control/startup.js';
+import { ExitCode } from './exitCodes.js';
+
+/** Options of `blockmirror daemon`, as commander parses them (every QEMU-style option repeats). */
+interface DaemonCommandOptions {
+  qmp: string[];
+  blockdev: string[];
+  nbdServer: string[];
+  export: string[];
+  chardev: string[];
+  monitor: string[];
+  bitmapDir?: string;
+  pidfile?: string;
+}
+
+const collect = (value: string, previous: string[]): string[] => [...previous, value];
+
+export function registerDaemonCommand(program: Command): void {
+  program
+    .command('daemon')
+    .description('a QMP-compatible storage daemon: block nodes, NBD exports, mirror jobs and dirty bitmaps, driven as qemu-storage-daemon is')
+    .option('--qmp <path>', 'QMP monitor on a Unix socket (mode 0600)', collect, [])
+    .option('--blockdev <options>', 'a block node: driver=file,node-name=N,filename=F[,cache.direct=on] | driver=raw,node-name=N,file=M | driver=nbd,node-name=N,server.type=unix,server.path=P,export=E', collect, [])
+    .option('--nbd-server <options>', 'start the NBD server: addr.type=unix,addr.path=P | addr.type=inet,addr.host=H,addr.port=PORT', collect, [])
+    .option('--export <options>', 'an NBD export: type=nbd,id=E,node-name=N[,name=NAME][,writable=on]', collect, [])
+    .option('--chardev <options>', 'a socket for --monitor: socket,id=X,path=P,server=on,wait=off', collect, [])
+    .option('--monitor <options>', 'a QMP monitor on a --chardev: chardev=X', collect, [])
+    .option('--bitmap-dir <dir>', 'where persistent dirty bitmaps are saved (default: next to each image)')
+    .option('--pidfile <path>', 'write the process id here once ready')
+    .action(async (opts: DaemonCommandOptions) => {
+      await runDaemon(opts);
+    });
+}
+
+async function runDaemon(opts: DaemonCommandOptions): Promise<void> {
+  const daemon = new Daemon({ bitmapDir: opts.bitmapDir });
+  const onSignal = (signal: NodeJS.Signals): void => {
+    if (daemon.stopping) process.exit(ExitCode.INTERRUPTED);
+    process.stderr.write(`blockmirror daemon: ${signal}: stopping (jobs cancelled, bitmaps saved; again to quit at once)\n`);
+    void daemon.shutdown(signal).catch(() => undefined);
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  try {
+    await applyStartupOptions(daemon, {
+      blockdev: opts.blockdev,
+      nbdServer: opts.nbdServer,
+      export: opts.export,
+      chardev: opts.chardev,
+      monitor: opts.monitor,
+      qmp: opts.qmp,
+    });
+    if (opts.pidfile) await writeFile(opts.pidfile, `${process.pid}\n`);
+    const reason = await daemon.stopped;
+    if (reason.includes('with errors')) {
+      process.stderr.write(`blockmirror daemon: stopped (${reason})\n`);
+      process.exitCode = ExitCode.FAILED;
+    }
+  } catch (err) {
+    await daemon.shutdown('start-up failed').catch(() => undefined);
+    if (err instanceof StartupError) {
+      process.stderr.write(`blockmirror daemon: ${err.message}\n`);
+      process.exitCode = ExitCode.USAGE;
+      return;
+    }
+    throw err;
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    if (opts.pidfile) await unlink(opts.pidfile).catch(() => undefined);
+  }
+}
