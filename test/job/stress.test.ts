@@ -19,6 +19,10 @@ interface StressCase {
   readonly hooks?: UnsafeTestHooks;
   /** Writes per writer (later writes to a granule re-mark it and can hide an earlier loss). */
   readonly writes?: number;
+  /** Image size in granules (a larger image keeps the bulk copy, and its races, going longer). */
+  readonly granules?: number;
+  /** Let the tuner move chunk size and depth (default: fixed small chunks, so copies and writes overlap from the start). */
+  readonly adaptive?: boolean;
 }
 
 /**
@@ -29,7 +33,7 @@ interface StressCase {
  */
 async function stress(c: StressCase): Promise<number> {
   const dir = await scratch();
-  const size = 128 * c.granularity + 1234; // not a multiple of the granularity
+  const size = (c.granules ?? 128) * c.granularity + 1234; // not a multiple of the granularity
   const initial = randomBytes(size);
   await writeFile(join(dir, 'src.img'), initial);
   const job = await startMirror({
@@ -40,6 +44,7 @@ async function stress(c: StressCase): Promise<number> {
     chunkSize: c.granularity * 2,
     bufferSize: c.granularity * 8,
     workers: 2,
+    adaptive: c.adaptive ?? false,
     unsafeTestHooks: c.hooks,
   });
   const writers = 2 + c.threads;
@@ -78,6 +83,12 @@ describe('mirror stress: target equals what was written, with writers on three t
   it.each(SEEDS)('write-blocking with main-thread writers only (covered bits cleared by writes), seed %i', async (seed) => {
     expect(await stress({ seed, copyMode: 'write-blocking', granularity: 4 * KiB, threads: 0 })).toBe(-1);
   });
+
+  for (const copyMode of ['background', 'write-blocking'] as const) {
+    it.each(SEEDS)(`${copyMode} with the tuner moving chunk size and depth, seed %i`, async (seed) => {
+      expect(await stress({ seed, copyMode, granularity: 4 * KiB, granules: 1024, threads: 2, adaptive: true })).toBe(-1);
+    });
+  }
 });
 
 /** Runs seeds until one shows a difference; the stress test must catch each broken invariant. */
