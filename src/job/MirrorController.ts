@@ -138,7 +138,7 @@ export class MirrorController {
       bytesCopied: copiedBytes - last.copied,
       backlogBytes,
       app,
-      rateLimited: this.#o.copier.scheduler.takeRateLimited(),
+      rateLimited: this.#o.copier.scheduler.takeRateLimited() && this.#o.copier.limitedByUser,
     });
     this.#converge(nowMs, backlogBytes, copiedBytes);
   }
@@ -151,6 +151,7 @@ export class MirrorController {
     }
     const decision = this.#tuner.decide(window);
     this.#apply(decision.chunkSize, decision.queueDepth);
+    this.#o.copier.setPace(decision.pace);
     this.#job.onTuning(decision);
   }
 

@@ -51,7 +51,10 @@ export interface MirrorCopierOptions {
 export class MirrorCopier {
   /** Bytes copied to the target so far. */
   bytesCopied = 0;
-  readonly limiter: RateLimiter;
+  readonly #limiter: RateLimiter;
+  /** The user's speed limit (0: none) and the tuner's pace (undefined: none); the copier keeps to the lower. */
+  #speed: number;
+  #pace: number | undefined;
   readonly #o: MirrorCopierOptions;
   readonly #pool: CopyRunner;
   readonly #scheduler: CopyScheduler;
@@ -62,7 +65,8 @@ export class MirrorCopier {
 
   constructor(options: MirrorCopierOptions) {
     this.#o = options;
-    this.limiter = new RateLimiter(options.speed);
+    this.#speed = options.speed;
+    this.#limiter = new RateLimiter(options.speed);
     this.#pacer = new WritebackPacer(options.flushTarget, options.flushEvery);
     this.#pool = options.runner;
     this.#extents = new GuardedDirtyExtents(options.bitmap, options.locks, options.testHooks);
@@ -76,7 +80,7 @@ export class MirrorCopier {
       detectZeroes: true,
       // An extent may have been copied before, so a zero chunk must be checked against the target.
       targetIsZero: false,
-      limiter: this.limiter,
+      limiter: this.#limiter,
       onBatch: (outcome) => this.#onBatch(outcome),
       onIdle: () => this.#checkClean(),
       coalesceMs: COALESCE_MS,
@@ -117,8 +121,31 @@ export class MirrorCopier {
     this.#scheduler.resume();
   }
 
+  /** The user's speed limit, bytes per second (0: none). */
+  get speed(): number {
+    return this.#speed;
+  }
+
   setSpeed(bytesPerSecond: number): void {
-    this.limiter.setSpeed(bytesPerSecond);
+    this.#speed = bytesPerSecond;
+    this.#applyLimit();
+  }
+
+  /** The tuner's pace, bytes per second (undefined: none): a second ceiling under the user's. */
+  setPace(bytesPerSecond: number | undefined): void {
+    if (bytesPerSecond === this.#pace) return;
+    this.#pace = bytesPerSecond;
+    this.#applyLimit();
+  }
+
+  /** True when the user's speed limit, not the tuner's pace, is the one the copier keeps to. */
+  get limitedByUser(): boolean {
+    return this.#speed > 0 && (this.#pace === undefined || this.#speed <= this.#pace);
+  }
+
+  #applyLimit(): void {
+    const lowest = Math.min(this.#speed > 0 ? this.#speed : Number.POSITIVE_INFINITY, this.#pace ?? Number.POSITIVE_INFINITY);
+    this.#limiter.setSpeed(Number.isFinite(lowest) ? Math.floor(lowest) : 0);
     this.#scheduler.notify();
   }
 

@@ -137,7 +137,7 @@ export class MirrorJob extends EventEmitter<MirrorJobEvents> {
 
   /** Current speed limit in bytes per second (0: none). */
   get speed(): number {
-    return this.#p.copier.limiter.bytesPerSecond;
+    return this.#p.copier.speed;
   }
 
   get size(): number {

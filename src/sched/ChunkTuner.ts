@@ -20,19 +20,19 @@ export interface TunerWindow {
   readonly backlogBytes: number;
   /** The application's intercepted writes during the window. */
   readonly app: LatencyStats;
-  /** The speed ceiling held the copier back during the window. */
+  /** The user's speed limit, not the tuner's own pace, held the copier back during the window. */
   readonly rateLimited: boolean;
 }
 
 /** Why the tuner did what it did. */
 export type TuningReason =
-  | 'app-latency' // the application's p99 passed the target: less in flight (then smaller chunks)
-  | 'headroom' // latency well under the target: a step more in flight
+  | 'app-latency' // the application's p99 passed the target: less in flight, then a slower pace
+  | 'headroom' // latency well under the target: a faster pace, then more in flight
   | 'climb' // larger or smaller chunk, the way throughput improved
   | 'reverse' // throughput fell: back the other way
   | 'hold' // throughput flat: stay a few windows, then probe again
   | 'idle' // nothing to copy
-  | 'rate-limited'; // the speed ceiling, not the disk, sets the pace
+  | 'rate-limited'; // the user's speed limit, not the disk, sets the pace
 
 /** A decision, as the job reports it in its `tuning` events. */
 export interface TuningDecision {
@@ -40,6 +40,8 @@ export interface TuningDecision {
   readonly queueDepth: number;
   /** Bytes the tuner allows in flight. */
   readonly inFlight: number;
+  /** Copy rate the tuner holds the copier to, bytes per second (undefined: none). */
+  readonly pace: number | undefined;
   readonly reason: TuningReason;
   /** Copy throughput of the window, bytes per second. */
   readonly throughput: number;
@@ -51,24 +53,32 @@ export interface TuningDecision {
 
 /** Throughput changes smaller than this count as noise. */
 const NOISE = 0.05;
-/** Each step moves the in-flight budget by this factor (down) or its inverse bound (up). */
+/** Each step moves bytes in flight or the pace by this factor down, or this one up. */
 const BACKOFF = 0.75;
 const GROW = 1.25;
-/** Latency below this share of the target leaves room to put more in flight. */
+/** Latency below this share of the target leaves room to copy harder. */
 const HEADROOM = 0.7;
 /** Windows to stay put when throughput is flat, before probing again. */
 const HOLD_WINDOWS = 5;
 /** Fewer application writes than this in a window say nothing about its p99. */
 const MIN_SAMPLES = 20;
+/**
+ * The pace never drops below this share of the best throughput seen, nor below the floor: the
+ * copy always makes progress (DRBD's resync controller has a minimum rate too).
+ */
+const MIN_PACE_SHARE = 0.05;
+const MIN_PACE = 8 << 20;
 
 /**
- * Picks the copy's chunk size and queue depth from what each ~100 ms window measured. Two
- * knobs, each moved one step at a time (like DRBD's plan-ahead controller, never in jumps):
+ * Picks the copy's chunk size, queue depth and pace from what each ~100 ms window measured. Each
+ * knob moves one step at a time (like DRBD's plan-ahead controller, never in jumps):
  *
- * - bytes in flight follow the application's write latency: above the target p99, a step less
- *   (and at the floor, smaller chunks); comfortably below it, a step more, up to the buffer size;
- * - the chunk size climbs towards better throughput (perturb and observe): a step in one direction,
- *   keep going while throughput improves, turn back when it falls, rest when it is flat.
+ * - the application's write latency comes first: above the target p99, a step less in flight,
+ *   and at one operation in flight a step slower pace; comfortably below it, the reverse;
+ * - the chunk size climbs towards better throughput (perturb and observe): a step in one
+ *   direction, on while throughput improves, back when it falls, rest while it is flat.
+ *   Smaller chunks are not a latency remedy here: they mean more operations, and on a busy
+ *   machine each operation handed to the I/O thread pool is what the application waits behind.
  *
  * Pure: time and measurements come in as arguments, so tests drive it with a simulated disk.
  */
@@ -76,6 +86,8 @@ export class ChunkTuner {
   readonly #limits: TunerLimits;
   #chunk: number;
   #inFlight: number;
+  #pace: number | undefined;
+  #best = 0;
   #target: number | undefined;
   #direction: 1 | -1 = 1;
   #lastThroughput: number | undefined;
@@ -96,22 +108,25 @@ export class ChunkTuner {
     return clamp(Math.round(this.#inFlight / this.#chunk), 1, this.#limits.maxQueueDepth);
   }
 
+  /** The copy rate the tuner holds the copier to (undefined: none). */
+  get pace(): number | undefined {
+    return this.#pace;
+  }
+
   /** The application's p99 target in µs (undefined: none yet). */
   get latencyTarget(): number | undefined {
     return this.#target;
   }
 
-  setLatencyTarget(micros: number | undefined): void {
-    this.#target = micros;
-  }
-
   decide(w: TunerWindow): TuningDecision {
     const throughput = w.seconds > 0 ? w.bytesCopied / w.seconds : 0;
+    this.#best = Math.max(this.#best, throughput);
     const p99 = w.app.count >= MIN_SAMPLES ? w.app.p99 : undefined;
     const decision = (reason: TuningReason): TuningDecision => ({
       chunkSize: this.#chunk,
       queueDepth: this.queueDepth,
       inFlight: this.#inFlight,
+      pace: this.#pace,
       reason,
       throughput,
       appP99: p99,
@@ -119,12 +134,11 @@ export class ChunkTuner {
     });
 
     if (this.#target !== undefined && p99 !== undefined && p99 > this.#target) {
-      if (this.#inFlight > this.#chunk) {
+      if (this.queueDepth > 1) {
         this.#inFlight = Math.max(this.#chunk, Math.floor(this.#inFlight * BACKOFF));
       } else {
-        // One chunk in flight is still too much: smaller chunks, still one at a time.
-        this.#chunk = Math.max(this.#limits.minChunk, this.#chunk / 2);
-        this.#inFlight = this.#chunk;
+        const floor = Math.max(MIN_PACE, MIN_PACE_SHARE * this.#best);
+        this.#pace = Math.max(floor, (this.#pace ?? Math.max(throughput, floor)) * BACKOFF);
       }
       this.#lastThroughput = undefined; // what comes next is measured under new conditions
       return decision('app-latency');
@@ -133,11 +147,19 @@ export class ChunkTuner {
     if (w.rateLimited) return decision('rate-limited');
 
     const roomy = this.#target === undefined || p99 === undefined || p99 < HEADROOM * this.#target;
+    if (roomy && this.#pace !== undefined) {
+      const faster = this.#pace * GROW;
+      this.#pace = faster > this.#best ? undefined : faster;
+      this.#lastThroughput = undefined;
+      return decision('headroom');
+    }
     if (roomy && this.#inFlight < this.#limits.maxInFlight && this.queueDepth < this.#limits.maxQueueDepth) {
       this.#inFlight = Math.min(this.#limits.maxInFlight, Math.ceil(this.#inFlight * GROW));
       this.#lastThroughput = undefined;
       return decision('headroom');
     }
+    // Under a pace, throughput says nothing about the chunk size.
+    if (this.#pace !== undefined) return decision('hold');
     return decision(this.#climb(throughput));
   }
 

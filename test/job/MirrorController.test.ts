@@ -41,7 +41,9 @@ class FakeJob implements ControlledJob {
 
 function fakeCopier() {
   const options = { chunkSize: MiB, queueDepth: 16, batchExtents: 4 };
-  return { scheduler: { options, takeRateLimited: () => false } } as unknown as MirrorCopier & { scheduler: { options: typeof options } };
+  return { scheduler: { options, takeRateLimited: () => false }, setPace: () => {}, limitedByUser: false } as unknown as MirrorCopier & {
+    scheduler: { options: typeof options };
+  };
 }
 
 function controller(job: FakeJob, policy: NoConvergencePolicy = 'report', extra: { latencyTargetMs?: number } = {}) {

@@ -70,11 +70,33 @@ describe('ChunkTuner', () => {
     expect(appP99At(ds.at(-1)!.inFlight).p99).toBeLessThanOrEqual(400 * 1.1);
   });
 
-  it('shrinks the chunk once one chunk in flight is still too much for the application', () => {
+  it('paces the copy once one operation in flight is still too much for the application, keeping its chunk size', () => {
     const tuner = new ChunkTuner(LIMITS, { chunkSize: 4 * MiB, inFlight: 4 * MiB }, 50); // below what even 0 bytes give
-    run(tuner, 20, true);
-    expect(tuner.chunkSize).toBe(LIMITS.minChunk);
+    const ds = run(tuner, 20, true);
+    expect(tuner.chunkSize).toBe(4 * MiB);
     expect(tuner.queueDepth).toBe(1);
+    const paces = ds.map((d) => d.pace!).filter(Boolean);
+    expect(paces.length).toBeGreaterThan(5);
+    for (let i = 1; i < paces.length; i++) expect(paces[i]!).toBeLessThanOrEqual(paces[i - 1]!);
+  });
+
+  it('never paces the copy below its floor', () => {
+    const tuner = new ChunkTuner(LIMITS, { chunkSize: MiB, inFlight: MiB }, 50);
+    run(tuner, 200, true);
+    expect(tuner.pace).toBeGreaterThanOrEqual(8 * MiB);
+  });
+
+  it('speeds a pace up again once the application has headroom, and lifts it past the best throughput seen', () => {
+    const tuner = new ChunkTuner(LIMITS, { chunkSize: MiB, inFlight: MiB }, 300);
+    const hurt = { ...appP99At(0), p99: 1000 };
+    const calm = { ...appP99At(0), p99: 100 };
+    const window = (app: typeof hurt) => ({ seconds: 0.1, bytesCopied: 1e8 * 0.1, backlogBytes: 1e12, app, rateLimited: false });
+    for (let i = 0; i < 5; i++) tuner.decide(window(hurt));
+    const slowed = tuner.pace!;
+    expect(slowed).toBeLessThan(1e8);
+    expect(tuner.decide(window(calm)).pace!).toBeGreaterThan(slowed);
+    for (let i = 0; i < 20; i++) tuner.decide(window(calm));
+    expect(tuner.pace).toBeUndefined();
   });
 
   it('puts more in flight while the application has headroom', () => {
