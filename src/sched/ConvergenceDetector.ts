@@ -31,6 +31,13 @@ export interface ConvergenceOptions {
 }
 
 const DEFAULT_WINDOW_MS = 3000;
+/**
+ * A writer that re-dirties at least this share of what the copier cleans, for a whole (shorter)
+ * window, makes the job copy the same extents again and again: counted as not converging too,
+ * long before the backlog stops shrinking (in a bulk copy it shrinks for a long while anyway).
+ */
+const REDIRTY_SHARE = 0.5;
+const REDIRTY_WINDOW_MS = 1000;
 /** The backlog must fall by at least this share over the window to count as shrinking. */
 const MIN_SHRINK = 0.05;
 /** A copier barely faster than the writer still converges, too slowly to tell from noise. */
@@ -39,8 +46,10 @@ const RATE_MARGIN = 1.1;
 /**
  * Tells whether a mirror is converging: the writer dirties bytes (dirty rate) while the copier
  * cleans them (clean rate). It is not converging when, over the last window, the backlog has not
- * shrunk and the copier is not clearly faster than the writer — QEMU's mirror has no such signal,
- * and under a heavy writer it copies forever. Pure: samples come with their time.
+ * shrunk and the copier is not clearly faster than the writer; or when, for a second, the writer
+ * re-dirties half or more of what the copier cleans (the job then copies most extents several
+ * times over). QEMU's mirror has no such signal, and under a heavy writer it copies forever.
+ * Pure: samples come with their time.
  */
 export class ConvergenceDetector {
   readonly #windowMs: number;
@@ -48,6 +57,8 @@ export class ConvergenceDetector {
   readonly #clean: RateMeter;
   readonly #history: Array<{ at: number; backlog: number }> = [];
   #started: number | undefined;
+  /** Since when the writer has re-dirtied at least REDIRTY_SHARE of what is cleaned (undefined: not now). */
+  #redirtySince: number | undefined;
 
   constructor(options: ConvergenceOptions = {}) {
     this.#windowMs = options.windowMs ?? DEFAULT_WINDOW_MS;
@@ -65,7 +76,16 @@ export class ConvergenceDetector {
     const etaSeconds = s.backlogBytes === 0 ? 0 : net > 0 ? s.backlogBytes / net : Number.POSITIVE_INFINITY;
     const state = (converging: boolean, reason: string): ConvergenceState => ({ converging, reason, dirtyRate, cleanRate, etaSeconds });
 
+    const redirtying = s.backlogBytes > 0 && cleanRate > 0 && dirtyRate >= REDIRTY_SHARE * cleanRate;
+    this.#redirtySince = redirtying ? (this.#redirtySince ?? s.nowMs) : undefined;
     if (s.backlogBytes === 0) return state(true, 'in sync');
+    if (this.#redirtySince !== undefined && s.nowMs - this.#redirtySince >= REDIRTY_WINDOW_MS) {
+      return state(
+        false,
+        `not converging: writes re-dirty ${mib(dirtyRate)} MiB/s, at least half of the ${mib(cleanRate)} MiB/s the copier cleans, ` +
+          `for ${((s.nowMs - this.#redirtySince) / 1000).toFixed(1)} s`,
+      );
+    }
     const oldest = this.#history[0]!;
     const watchedMs = s.nowMs - oldest.at;
     if (watchedMs < this.#windowMs || s.nowMs - this.#started < this.#windowMs) return state(true, 'measuring');

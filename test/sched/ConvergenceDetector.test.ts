@@ -39,8 +39,8 @@ describe('ConvergenceDetector', () => {
     expect(s).toMatchObject({ converging: true, reason: 'in sync', etaSeconds: 0 });
   });
 
-  it('does not call a job non-converging before it has watched a whole window', () => {
-    const s = simulate(new ConvergenceDetector({ windowMs: 3000 }), 2, 200 * MiB, 100 * MiB, 512 * MiB);
+  it('does not call a job non-converging in its first second', () => {
+    const s = simulate(new ConvergenceDetector({ windowMs: 3000 }), 0.8, 200 * MiB, 100 * MiB, 512 * MiB);
     expect(s).toMatchObject({ converging: true, reason: 'measuring' });
   });
 
@@ -48,5 +48,34 @@ describe('ConvergenceDetector', () => {
     const s = simulate(new ConvergenceDetector(), 8, 100 * MiB, 40 * MiB, 512 * MiB);
     expect(s.dirtyRate / MiB).toBeCloseTo(100, -1);
     expect(s.cleanRate / MiB).toBeCloseTo(40, -1);
+  });
+});
+
+describe('ConvergenceDetector, re-dirtying', () => {
+  it('calls a writer that re-dirties half of what is copied not converging within about a second, even while the backlog shrinks', () => {
+    const d = new ConvergenceDetector();
+    let state: ConvergenceState | undefined;
+    let t = 0;
+    // A bulk copy: the backlog shrinks by 70 MiB/s net, but the writer re-dirties 90 of the 160 MiB/s copied.
+    for (let backlog = 4096 * MiB, copied = 0, dirtied = 4096 * MiB; t <= 1600; t += 100) {
+      state = d.sample({ nowMs: t, backlogBytes: backlog, dirtiedBytes: dirtied, copiedBytes: copied });
+      copied += 16 * MiB;
+      dirtied += 9 * MiB;
+      backlog -= 7 * MiB;
+    }
+    expect(state!.converging).toBe(false);
+    expect(state!.reason).toMatch(/re-dirty/);
+  });
+
+  it('does not count a writer that re-dirties a little of what is copied', () => {
+    const d = new ConvergenceDetector();
+    let state: ConvergenceState | undefined;
+    for (let t = 0, backlog = 4096 * MiB, copied = 0, dirtied = 4096 * MiB; t <= 5000; t += 100) {
+      state = d.sample({ nowMs: t, backlogBytes: backlog, dirtiedBytes: dirtied, copiedBytes: copied });
+      copied += 20 * MiB;
+      dirtied += 2 * MiB;
+      backlog -= 18 * MiB;
+    }
+    expect(state!.converging).toBe(true);
   });
 });
