@@ -3,6 +3,7 @@ import { registerBitmapCommand } from './bitmapCommand.js';
 import { registerCopyCommand } from './copyCommand.js';
 import { registerDemoCommand } from './demoCommand.js';
 import { ExitCode, exitCodeFor } from './exitCodes.js';
+import { registerMirrorCommand } from './mirrorCommand.js';
 import { reportError } from './output.js';
 import { registerServeCommand } from './serveCommand.js';
 
@@ -13,6 +14,7 @@ function program(): Command {
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();
   registerCopyCommand(root);
+  registerMirrorCommand(root);
   registerDemoCommand(root);
   registerServeCommand(root);
   registerBitmapCommand(root);

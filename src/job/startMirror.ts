@@ -6,7 +6,7 @@ import { deviceSpecFor } from '../io/location.js';
 import { openDevice } from '../io/openDevice.js';
 import { checkTargetSize, prepareTarget } from '../io/prepareTarget.js';
 import { createCopyRunner } from '../workers/createCopyRunner.js';
-import { DEFAULT_CHUNK_SIZE, DEFAULT_FLUSH_EVERY, defaultWorkers } from '../sched/tuning.js';
+import { DEFAULT_BUFFER_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_FLUSH_EVERY, defaultWorkers } from '../sched/tuning.js';
 import { isPowerOfTwo } from '../util/size.js';
 import { ERROR_POLICIES, type ErrorPolicy } from './errorPolicy.js';
 import { MirrorCopier } from './MirrorCopier.js';
@@ -15,8 +15,7 @@ import { RangeLocks } from './RangeLocks.js';
 import { TrackedDevice, type CopyMode, type UnsafeTestHooks } from './TrackedDevice.js';
 import { WriterGate } from './WriterGate.js';
 
-/** Default bytes in flight (QEMU's mirror buffer is 16 MiB too). */
-export const DEFAULT_BUFFER_SIZE = 16 << 20;
+export { DEFAULT_BUFFER_SIZE };
 
 /** What a mirror copies: everything, only what is written from now on, or what a bitmap marks. */
 export type SyncMode = 'full' | 'none' | 'bitmap';
