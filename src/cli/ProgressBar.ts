@@ -39,6 +39,16 @@ export class ProgressBar {
     return process.stderr.isTTY === true;
   }
 
+  /** A bar if the command's options and stderr want one (not with --json or --no-progress). */
+  static forOptions(opts: { readonly json: boolean; readonly progress: boolean }): ProgressBar | undefined {
+    return opts.progress && !opts.json && ProgressBar.wanted() ? new ProgressBar() : undefined;
+  }
+
+  /** Writes a line of text on stderr above the bar (the bar is redrawn below it on its next update). */
+  message(line: string): void {
+    process.stderr.write(this.#started ? `\r\x1b[K${line}\n` : `${line}\n`);
+  }
+
   update(v: BarValues): void {
     const payload = {
       doneText: formatBytes(v.done),

@@ -1,36 +1,18 @@
 import type { Command } from 'commander';
 import { copyImage, type CopyProgress, type CopyResult } from '../job/copyImage.js';
-import { DEFAULT_CHUNK_SIZE, DEFAULT_FLUSH_EVERY, DEFAULT_QUEUE_DEPTH, defaultWorkers } from '../sched/tuning.js';
+import { DEFAULT_FLUSH_EVERY, DEFAULT_QUEUE_DEPTH } from '../sched/tuning.js';
 import { formatBytes, formatDuration } from '../util/size.js';
 import { withInterrupt } from './interrupt.js';
-import { integerOption, sizeOption } from './options.js';
-import { emitEvent } from './output.js';
+import { addCopyTuningOptions, integerOption, sizeOption, type CopyTuningOptions } from './options.js';
+import { emitEvent, finiteOrNull } from './output.js';
 import { ProgressBar } from './ProgressBar.js';
 
 /** Options of `blockmirror copy`, as commander parses them. */
-interface CopyCommandOptions {
-  chunkSize: number;
+interface CopyCommandOptions extends CopyTuningOptions {
   queueDepth: number;
-  workers: number;
-  direct: boolean;
-  speed: number;
   flushEvery: number;
   targetIsZero: boolean;
   zeroDetect: boolean;
-  json: boolean;
-  progress: boolean;
-}
-
-/** Options a copy and a mirror share on the command line. */
-export function addCopyTuningOptions(cmd: Command): Command {
-  return cmd
-    .option('-c, --chunk-size <size>', 'largest extent one operation copies', sizeOption('--chunk-size'), DEFAULT_CHUNK_SIZE)
-    .option('-q, --queue-depth <n>', 'copy operations in flight', integerOption('--queue-depth', 1, 1020), DEFAULT_QUEUE_DEPTH)
-    .option('-w, --workers <n>', 'worker threads', integerOption('--workers', 1, 64), defaultWorkers())
-    .option('--direct', 'bypass the page cache (O_DIRECT)', false)
-    .option('--speed <bytes/s>', 'rate limit in bytes per second (0: unlimited)', sizeOption('--speed'), 0)
-    .option('--json', 'NDJSON events on stdout instead of a progress bar', false)
-    .option('--no-progress', 'no progress bar');
 }
 
 export function registerCopyCommand(program: Command): void {
@@ -41,6 +23,7 @@ export function registerCopyCommand(program: Command): void {
       .argument('<source>', 'raw image file, block device, or NBD URI (nbd://host[:port]/export, nbd+unix:///export?socket=PATH)')
       .argument('<target>', 'file (created, sized to the source, if missing), block device, or NBD URI'),
   )
+    .option('-q, --queue-depth <n>', 'copy operations in flight', integerOption('--queue-depth', 1, 1020), DEFAULT_QUEUE_DEPTH)
     .option('--flush-every <size>', 'bytes written between paced flushes (0: only the final flush)', sizeOption('--flush-every'), DEFAULT_FLUSH_EVERY)
     .option('--target-is-zero', 'an existing target already reads as zeros: skip zero chunks unseen', false)
     .option('--no-zero-detect', 'write zero chunks as data')
@@ -50,7 +33,7 @@ export function registerCopyCommand(program: Command): void {
 }
 
 async function runCopy(source: string, target: string, opts: CopyCommandOptions): Promise<void> {
-  const bar = opts.progress && !opts.json && ProgressBar.wanted() ? new ProgressBar() : undefined;
+  const bar = ProgressBar.forOptions(opts);
   if (opts.json) {
     emitEvent('start', { source, target, chunkSize: opts.chunkSize, queueDepth: opts.queueDepth, workers: opts.workers });
   }
@@ -99,8 +82,4 @@ export function copySummary(r: CopyResult): string {
     `copied ${formatBytes(r.bytes)} in ${formatDuration(r.seconds)} (${formatBytes(rate)}/s): ` +
     `${formatBytes(r.bytesWritten)} written, ${formatBytes(r.bytesZero)} zero, data on disk`
   );
-}
-
-function finiteOrNull(n: number): number | null {
-  return Number.isFinite(n) ? Math.round(n * 10) / 10 : null;
 }

@@ -13,6 +13,7 @@ import type { DemoWriterData, DemoWriterReport } from './demoWriter.js';
 import { withInterrupt } from './interrupt.js';
 import { sizeOption } from './options.js';
 import { emitEvent } from './output.js';
+import { showMirrorProgress } from './mirrorProgress.js';
 import { ProgressBar } from './ProgressBar.js';
 
 /** Defaults of the demo: a sample image this large, written at this rate while it is mirrored. */
@@ -21,7 +22,6 @@ const DEMO_WRITE_RATE = 64 << 20;
 const DEMO_MAX_BLOCK = 256 << 10;
 /** How long the demo keeps the job in sync, writer running, before it completes. */
 const DEMO_HOLD_MS = 2000;
-const PROGRESS_MS = 100;
 
 interface DemoOptions {
   size: number;
@@ -62,11 +62,6 @@ function startWriter(job: MirrorJob, rate: number): { stop: () => Promise<DemoWr
   };
 }
 
-function note(job: MirrorJob): string {
-  const p = job.progress();
-  return `${job.status} | dirty ${formatBytes(p.dirtyBytes)} | copy ${formatBytes(p.copyRate)}/s | dirtied ${formatBytes(p.dirtyRate)}/s`;
-}
-
 async function runDemo(opts: DemoOptions, signal: AbortSignal): Promise<void> {
   const dir = opts.dir ?? (await mkdtemp(join(tmpdir(), 'blockmirror-demo-')));
   const source = join(dir, 'source.img');
@@ -81,12 +76,7 @@ async function runDemo(opts: DemoOptions, signal: AbortSignal): Promise<void> {
     const writer = startWriter(job, opts.writeRate);
     if (opts.json) emitEvent('start', { source, target, size: opts.size, writeRate: opts.writeRate });
     say(`mirroring to ${target} while a writer thread writes ${formatBytes(opts.writeRate)}/s of random blocks`);
-    const bar = !opts.json && ProgressBar.wanted() ? new ProgressBar() : undefined;
-    const ticker = setInterval(() => {
-      const p = job.progress();
-      if (opts.json) emitEvent('progress', { status: job.status, ...p, etaToReady: Number.isFinite(p.etaToReady) ? p.etaToReady : null });
-      bar?.update({ done: p.offset, total: p.len, rate: p.copyRate, etaSeconds: p.etaToReady, note: note(job) });
-    }, PROGRESS_MS);
+    const progress = showMirrorProgress(job, { json: opts.json, bar: ProgressBar.forOptions({ json: opts.json, progress: true }) });
     let readySeconds = 0;
     try {
       await new Promise<void>((resolve, reject) => {
@@ -99,8 +89,7 @@ async function runDemo(opts: DemoOptions, signal: AbortSignal): Promise<void> {
       // Stay in sync for a moment with the writer still going: new writes are copied as they land.
       await new Promise((r) => setTimeout(r, DEMO_HOLD_MS));
     } catch (err) {
-      clearInterval(ticker);
-      bar?.stop();
+      progress.stop();
       await writer.stop();
       await job.cancel({ force: true }).catch(() => undefined);
       await job.close();
@@ -108,8 +97,7 @@ async function runDemo(opts: DemoOptions, signal: AbortSignal): Promise<void> {
     }
     const written = await writer.stop();
     const outcome = await job.complete();
-    clearInterval(ticker);
-    bar?.stop();
+    progress.stop();
     await job.close();
     if (outcome.status !== 'completed') throw new JobError(ErrorCode.JOB_FAILED, `demo: the job ended ${outcome.status}`);
     const [a, b] = await Promise.all([hashFile(source), hashFile(target)]);

@@ -4,6 +4,7 @@ import { registerCopyCommand } from './copyCommand.js';
 import { registerDaemonCommand } from './daemonCommand.js';
 import { registerDemoCommand } from './demoCommand.js';
 import { ExitCode, exitCodeFor } from './exitCodes.js';
+import { registerMirrorCommand } from './mirrorCommand.js';
 import { reportError } from './output.js';
 import { registerServeCommand } from './serveCommand.js';
 
@@ -14,6 +15,7 @@ function program(): Command {
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();
   registerCopyCommand(root);
+  registerMirrorCommand(root);
   registerDemoCommand(root);
   registerServeCommand(root);
   registerBitmapCommand(root);

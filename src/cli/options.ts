@@ -1,5 +1,6 @@
-import { InvalidArgumentError as CommanderArgumentError } from 'commander';
+import { InvalidArgumentError as CommanderArgumentError, Option, type Command } from 'commander';
 import { BlockmirrorError } from '../errors.js';
+import { DEFAULT_CHUNK_SIZE, defaultWorkers } from '../sched/tuning.js';
 import { parseSize } from '../util/size.js';
 
 /** A commander parser for byte counts with suffixes (64K, 1M, 4G). */
@@ -16,6 +17,32 @@ export function integerOption(what: string, min: number, max: number): (value: s
     }
     return n;
   };
+}
+
+/** An option that takes one of `choices` (anything else is a usage error naming them). */
+export function choiceOption(flags: string, description: string, choices: readonly string[], defaultValue: string): Option {
+  return new Option(flags, description).choices(choices).default(defaultValue);
+}
+
+/** The knobs `copy` and `mirror` share, as commander parses them. */
+export interface CopyTuningOptions {
+  chunkSize: number;
+  workers: number;
+  direct: boolean;
+  speed: number;
+  json: boolean;
+  progress: boolean;
+}
+
+/** Adds the options a copy and a mirror share on the command line (see {@link CopyTuningOptions}). */
+export function addCopyTuningOptions(cmd: Command): Command {
+  return cmd
+    .option('-c, --chunk-size <size>', 'largest extent one operation copies', sizeOption('--chunk-size'), DEFAULT_CHUNK_SIZE)
+    .option('-w, --workers <n>', 'worker threads', integerOption('--workers', 1, 64), defaultWorkers())
+    .option('--direct', 'bypass the page cache (O_DIRECT)', false)
+    .option('--speed <bytes/s>', 'rate limit in bytes per second (0: unlimited)', sizeOption('--speed'), 0)
+    .option('--json', 'NDJSON events on stdout instead of a progress bar', false)
+    .option('--no-progress', 'no progress bar');
 }
 
 /** Commander reports its own InvalidArgumentError as a usage error naming the option. */

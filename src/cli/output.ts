@@ -6,6 +6,11 @@ export function emitEvent(event: string, fields: Record<string, unknown>): void 
   process.stdout.write(`${JSON.stringify({ event, time: new Date().toISOString(), ...fields })}\n`);
 }
 
+/** A number for an NDJSON event, to one decimal; null where it is not finite (an unknown ETA). */
+export function finiteOrNull(n: number): number | null {
+  return Number.isFinite(n) ? Math.round(n * 10) / 10 : null;
+}
+
 /** The stable code of an error (`BM_ERR_...`); errors of unknown kind have none. */
 export function errorCode(err: unknown): string | undefined {
   if (err instanceof BlockmirrorError) return err.code;

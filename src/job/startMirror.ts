@@ -6,7 +6,7 @@ import { deviceSpecFor } from '../io/location.js';
 import { openDevice } from '../io/openDevice.js';
 import { checkTargetSize, prepareTarget } from '../io/prepareTarget.js';
 import { createCopyRunner } from '../workers/createCopyRunner.js';
-import { DEFAULT_CHUNK_SIZE, DEFAULT_FLUSH_EVERY, defaultWorkers } from '../sched/tuning.js';
+import { DEFAULT_BUFFER_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_FLUSH_EVERY, defaultWorkers } from '../sched/tuning.js';
 import { isPowerOfTwo } from '../util/size.js';
 import { ERROR_POLICIES, type ErrorPolicy } from './errorPolicy.js';
 import { MirrorCopier } from './MirrorCopier.js';
@@ -16,8 +16,7 @@ import { RangeLocks } from './RangeLocks.js';
 import { TrackedDevice, type CopyMode, type UnsafeTestHooks } from './TrackedDevice.js';
 import { WriterGate } from './WriterGate.js';
 
-/** Default bytes in flight (QEMU's mirror buffer is 16 MiB too). */
-export const DEFAULT_BUFFER_SIZE = 16 << 20;
+export { DEFAULT_BUFFER_SIZE };
 /** The tuner's largest chunk. */
 export const MAX_TUNED_CHUNK = 8 << 20;
 /** The tuner's most operations in flight (each holds a libuv thread while it runs). */

@@ -6,6 +6,8 @@ import { isPowerOfTwo } from '../util/size.js';
 export const DEFAULT_CHUNK_SIZE = 1 << 20;
 /** Default copy operations in flight (QEMU's mirror allows 16). */
 export const DEFAULT_QUEUE_DEPTH = 16;
+/** Default bytes a mirror job keeps in flight (QEMU's mirror buffer is 16 MiB too). */
+export const DEFAULT_BUFFER_SIZE = 16 << 20;
 /** Default bytes written between paced flushes of the target (0 turns pacing off). */
 export const DEFAULT_FLUSH_EVERY = 256 << 20;
 /** Smallest and largest chunk a copy may use. */

@@ -1,0 +1,338 @@
+import type { Command } from 'commander';
+import { DEFAULT_GRANULARITY } from '../bitmap/DirtyBitmap.js';
+import { ErrorCode } from '../errors.js';
+import type { BlockDevice } from '../io/BlockDevice.js';
+import { serveNbd, type NbdServer } from '../io/nbd/NbdServer.js';
+import { parseNbdUri } from '../io/nbd/NbdUri.js';
+import { ERROR_POLICIES, type ErrorPolicy } from '../job/errorPolicy.js';
+import { JobStatus } from '../job/JobStatus.js';
+import type { JobErrorEvent, JobOutcome, MirrorJob } from '../job/MirrorJob.js';
+import { startMirror } from '../job/startMirror.js';
+import type { CopyMode } from '../job/TrackedDevice.js';
+import { DEFAULT_BUFFER_SIZE } from '../sched/tuning.js';
+import { formatBytes, formatDuration } from '../util/size.js';
+import { ExitCode, type ExitCodeValue } from './exitCodes.js';
+import { showMirrorProgress } from './mirrorProgress.js';
+import { addCopyTuningOptions, choiceOption, sizeOption, type CopyTuningOptions } from './options.js';
+import { emitEvent, errorCode, reportError } from './output.js';
+import { ProgressBar } from './ProgressBar.js';
+
+/** Options of `blockmirror mirror`, as commander parses them. */
+interface MirrorCommandOptions extends CopyTuningOptions {
+  export?: string;
+  completeOnReady: boolean;
+  sync: 'full' | 'none';
+  copyMode: CopyMode;
+  granularity: number;
+  bufferSize: number;
+  onSourceError: ErrorPolicy;
+  onTargetError: ErrorPolicy;
+}
+
+/** The signals the command acts on. */
+const SIGNALS = ['SIGINT', 'SIGTERM', 'SIGUSR1', 'SIGUSR2'] as const;
+type MirrorSignal = (typeof SIGNALS)[number];
+
+export function registerMirrorCommand(program: Command): void {
+  addCopyTuningOptions(
+    program
+      .command('mirror')
+      .description(
+        'mirror a live image to a target: copy it, keep the target in sync while it is written (through --export), ' +
+          'switch over on SIGUSR1 or --complete-on-ready, cancel to a consistent copy on SIGINT',
+      )
+      .argument('<source>', 'raw image file, block device, or NBD URI (opened read-write)')
+      .argument('<target>', 'file (created, sized to the source, if missing), block device, or NBD URI'),
+  )
+    .option(
+      '--export <uri>',
+      'serve the source over NBD while it is mirrored, every write going through the job: nbd+unix:///NAME?socket=PATH, ' +
+        'or nbd://127.0.0.1:PORT/NAME (no host: 127.0.0.1; port 0: any free port)',
+    )
+    .option('--complete-on-ready', 'complete (switch over to the target) as soon as it is in sync, then exit', false)
+    .addOption(choiceOption('--sync <mode>', 'full: copy everything; none: only what is written from now on', ['full', 'none'], 'full'))
+    .addOption(
+      choiceOption(
+        '--copy-mode <mode>',
+        'background: writes mark extents the copier catches up on; write-blocking: a write reaches both sides before it is acknowledged',
+        ['background', 'write-blocking'],
+        'background',
+      ),
+    )
+    .option('--granularity <size>', 'bytes per dirty bit (power of two, 512 to 64M)', sizeOption('--granularity'), DEFAULT_GRANULARITY)
+    .option('--buffer-size <size>', 'bytes in flight at most (copy operations in flight: buffer / chunk size)', sizeOption('--buffer-size'), DEFAULT_BUFFER_SIZE)
+    .addOption(choiceOption('--on-source-error <policy>', 'on a source read error: fail (report), retry (ignore), pause until SIGUSR2 (stop), stop on ENOSPC only (enospc)', ERROR_POLICIES, 'report'))
+    .addOption(choiceOption('--on-target-error <policy>', 'on a target write or flush error, as --on-source-error', ERROR_POLICIES, 'report'))
+    .action(async (source: string, target: string, opts: MirrorCommandOptions) => {
+      process.exitCode = await runMirror(source, target, opts);
+    });
+}
+
+/**
+ * Where the command's events and messages go: NDJSON events on stdout with --json (held back
+ * until `start` is out, so that events keep their order), else lines on stderr (above the bar).
+ */
+class MirrorReport {
+  readonly json: boolean;
+  readonly bar: ProgressBar | undefined;
+  #held: Array<() => void> | undefined = [];
+
+  constructor(opts: MirrorCommandOptions) {
+    this.json = opts.json;
+    this.bar = ProgressBar.forOptions(opts);
+  }
+
+  event(name: string, fields: Record<string, unknown>): void {
+    if (!this.json) return;
+    const time = new Date().toISOString();
+    const emit = (): void => emitEvent(name, { time, ...fields });
+    if (this.#held) this.#held.push(emit);
+    else emit();
+  }
+
+  /** A line for people, on stderr (without --json). */
+  say(line: string): void {
+    if (this.json) return;
+    const text = `blockmirror mirror: ${line}`;
+    if (this.bar) this.bar.message(text);
+    else process.stderr.write(`${text}\n`);
+  }
+
+  /** Emits `start`, then the events held back so far. */
+  start(fields: Record<string, unknown>): void {
+    const held = this.#held ?? [];
+    this.#held = undefined;
+    this.event('start', fields);
+    for (const emit of held) emit();
+  }
+}
+
+/**
+ * One run of the command: the job, its export, and what each signal does to them.
+ *
+ * - SIGUSR1: complete (pivot to the target) once in sync, at once if it is.
+ * - SIGINT/SIGTERM: once in sync, cancel to a consistent copy; before, or while finishing, stop at
+ *   once (the target is not a consistent copy). After a pivot with an export, stop serving and exit.
+ *   One more than it takes to stop exits at once with 130.
+ * - SIGUSR2: resume a job that an error policy (`stop`, `enospc`) paused.
+ */
+class MirrorRun {
+  readonly #report: MirrorReport;
+  readonly #started = performance.now();
+  #job: MirrorJob | undefined;
+  /** Signals that came before the job started; handled once it has. */
+  #early: MirrorSignal[] = [];
+  #completeOnReady: boolean;
+  #finishing: 'complete' | 'cancel' | 'abort' | undefined;
+  #outcome: JobOutcome | undefined;
+  /** Set while the export is kept up after a pivot: ends that. */
+  #stopServing: (() => void) | undefined;
+  #exiting = false;
+
+  constructor(report: MirrorReport, completeOnReady: boolean) {
+    this.#report = report;
+    this.#completeOnReady = completeOnReady;
+  }
+
+  get seconds(): number {
+    return Math.round((performance.now() - this.#started) / 100) / 10;
+  }
+
+  /** Takes over the job once started: its events, and the signals that came meanwhile. */
+  attach(job: MirrorJob): void {
+    this.#job = job;
+    job.on('status-change', ({ status }) => {
+      // Deferred: the job is still in the middle of its transition.
+      if (status === JobStatus.READY && this.#completeOnReady) setImmediate(() => this.#complete());
+    });
+    job.on('ready', ({ len, offset }) => {
+      this.#report.event('ready', { seconds: this.seconds, len, offset });
+      if (!this.#completeOnReady) {
+        this.#report.say('in sync: SIGUSR1 completes (switches over to the target), SIGINT cancels leaving a consistent copy');
+      }
+    });
+    job.on('error', (e: JobErrorEvent) => {
+      this.#report.event('error', { code: ErrorCode.IO, ...e });
+      const where = e.offset === undefined ? '' : ` at ${e.offset}+${e.length ?? 0}`;
+      const then = e.action === 'stop' ? 'the job is paused: fix the cause, then send SIGUSR2 to resume' : e.action === 'ignore' ? 'will retry' : 'the job fails';
+      this.#report.say(`${e.operation} error${where}: ${e.errno}: ${e.message}; ${then}`);
+    });
+    job.on('completed', ({ len, offset }) => this.#report.event('completed', { seconds: this.seconds, len, offset, pivoted: true }));
+    job.on('cancelled', ({ len, offset, consistent }) => this.#report.event('cancelled', { seconds: this.seconds, len, offset, consistent }));
+    void job.result.then((outcome) => (this.#outcome = outcome));
+  }
+
+  /** Handles the signals that came before the job started. */
+  replayEarlySignals(): void {
+    for (const signal of this.#early.splice(0)) this.onSignal(signal);
+  }
+
+  onSignal(signal: MirrorSignal): void {
+    if (!this.#job) {
+      // Opening the devices may hang (an NBD server that does not answer): a second interrupt quits.
+      const interrupt = (s: MirrorSignal): boolean => s === 'SIGINT' || s === 'SIGTERM';
+      if (interrupt(signal) && this.#early.some(interrupt)) process.exit(ExitCode.INTERRUPTED);
+      this.#early.push(signal);
+      return;
+    }
+    if (signal === 'SIGUSR1') this.#requestComplete();
+    else if (signal === 'SIGUSR2') this.#resume();
+    else this.#interrupt(signal);
+  }
+
+  /** Resolves once the export should stop: at once unless the job pivoted and the export is to stay up. */
+  untilDoneServing(keepServing: boolean): Promise<void> {
+    if (!keepServing || this.#exiting) return Promise.resolve();
+    this.#report.say('completed: the export now serves the target; SIGINT or SIGTERM stops it');
+    return new Promise((resolve) => (this.#stopServing = resolve));
+  }
+
+  #requestComplete(): void {
+    const job = this.#job!;
+    if (this.#outcome || this.#finishing) return;
+    if (job.status === JobStatus.READY) {
+      this.#complete();
+      return;
+    }
+    this.#completeOnReady = true;
+    this.#report.say(`SIGUSR1: not in sync yet (${job.status}); completing once it is`);
+  }
+
+  #complete(): void {
+    const job = this.#job!;
+    if (this.#outcome || this.#finishing || job.status !== JobStatus.READY) return;
+    this.#finishing = 'complete';
+    this.#report.say('completing: copying what is left, then switching over to the target');
+    job.complete().catch((err: unknown) => this.#report.say(`cannot complete: ${String(err)}`));
+  }
+
+  #resume(): void {
+    const job = this.#job!;
+    if (!job.paused || this.#outcome) return;
+    this.#report.say('SIGUSR2: resuming');
+    job.resume();
+  }
+
+  #interrupt(signal: MirrorSignal): void {
+    const job = this.#job!;
+    if (this.#outcome) {
+      if (this.#stopServing) {
+        this.#report.say(`${signal}: stopping the export`);
+        this.#stopServing();
+        this.#stopServing = undefined;
+      } else if (this.#exiting) process.exit(ExitCode.INTERRUPTED);
+      this.#exiting = true;
+      return;
+    }
+    if (this.#finishing === 'abort') process.exit(ExitCode.INTERRUPTED);
+    if (this.#finishing === undefined && (job.status === JobStatus.READY || job.status === JobStatus.STANDBY)) {
+      this.#finishing = 'cancel';
+      this.#report.say(`${signal}: cancelling: copying what is left, the target will be a consistent copy (${signal} again to stop at once)`);
+      job.cancel().catch(() => undefined);
+      return;
+    }
+    this.#finishing = 'abort';
+    this.#report.say(`${signal}: stopping at once: the target will not be a consistent copy (${signal} again to quit)`);
+    job.cancel({ force: true }).catch(() => undefined);
+  }
+}
+
+/** The exit status a job's outcome ends the command with. */
+function exitCodeOf(outcome: JobOutcome): ExitCodeValue {
+  if (outcome.status === 'completed') return ExitCode.OK;
+  if (outcome.status === 'cancelled') return outcome.consistent ? ExitCode.OK : ExitCode.INTERRUPTED;
+  return ExitCode.FAILED;
+}
+
+async function runMirror(source: string, target: string, opts: MirrorCommandOptions): Promise<ExitCodeValue> {
+  // A malformed export URI is a usage error, found before anything is opened or created.
+  if (opts.export !== undefined) parseNbdUri(opts.export, { forListening: true });
+  const report = new MirrorReport(opts);
+  const run = new MirrorRun(report, opts.completeOnReady);
+  const onSignal = (signal: MirrorSignal): void => run.onSignal(signal);
+  for (const s of SIGNALS) process.on(s, onSignal);
+  try {
+    const tuning = {
+      sync: opts.sync,
+      copyMode: opts.copyMode,
+      granularity: opts.granularity,
+      bufferSize: opts.bufferSize,
+      chunkSize: opts.chunkSize,
+      workers: opts.workers,
+      speed: opts.speed,
+      onSourceError: opts.onSourceError,
+      onTargetError: opts.onTargetError,
+    };
+    const job = await startMirror({ source, target, direct: opts.direct, ...tuning });
+    run.attach(job);
+    const view = job.device.asBlockDevice();
+    let exported: { server: NbdServer; uri: string } | undefined;
+    try {
+      if (opts.export !== undefined) exported = await serveNbd(view, opts.export, { description: view.description });
+    } catch (err) {
+      await job.cancel({ force: true });
+      await job.close();
+      throw err;
+    }
+    report.start({ source, target, size: job.size, export: exported?.uri ?? null, ...tuning, completeOnReady: opts.completeOnReady });
+    // The URI line is the contract scripts wait for (as with `blockmirror serve`): the export is up.
+    if (exported && !opts.json) process.stdout.write(`serving ${source} (${formatBytes(job.size)}, mirrored to ${target}) at ${exported.uri}\n`);
+    report.say(`mirroring ${source} to ${target} (${formatBytes(job.size)})`);
+    const progress = showMirrorProgress(job, { json: opts.json, bar: report.bar });
+    run.replayEarlySignals();
+
+    const outcome = await job.result;
+    progress.stop();
+    await run.untilDoneServing(exported !== undefined && outcome.status === 'completed' && !opts.completeOnReady);
+    let code = exitCodeOf(outcome);
+    const closeError = await closeExport(exported?.server, view);
+    if (closeError) {
+      reportError(closeError, false);
+      code = ExitCode.FAILED;
+    }
+    await job.close();
+    finish(report, run, outcome, code, source, target);
+    return code;
+  } finally {
+    for (const s of SIGNALS) process.off(s, onSignal);
+  }
+}
+
+/** Stops the export, answering the requests in progress, then flushes what they wrote. */
+async function closeExport(server: NbdServer | undefined, view: BlockDevice): Promise<Error | undefined> {
+  if (!server) return undefined;
+  await server.close();
+  try {
+    await view.flush();
+    return undefined;
+  } catch (err) {
+    return err instanceof Error ? err : new Error(String(err));
+  }
+}
+
+/** Says how the job ended: the `done` event, or a line for people. */
+function finish(report: MirrorReport, run: MirrorRun, outcome: JobOutcome, code: ExitCodeValue, source: string, target: string): void {
+  const failure = outcome.status === 'failed' ? outcome.error : undefined;
+  report.event('done', {
+    status: outcome.status,
+    pivoted: outcome.status === 'completed',
+    consistent: outcome.status === 'completed' || (outcome.status === 'cancelled' && outcome.consistent),
+    exitCode: code,
+    seconds: run.seconds,
+    len: outcome.len,
+    offset: outcome.offset,
+    ...(failure ? { code: errorCode(failure) ?? null, message: failure.message } : {}),
+    ...(code === ExitCode.INTERRUPTED ? { code: ErrorCode.ABORTED, message: `interrupted before the mirror was in sync: ${target} is not a consistent copy` } : {}),
+  });
+  const copied = `${formatBytes(outcome.offset)} copied in ${formatDuration(run.seconds)}`;
+  if (failure) reportError(failure, false);
+  else if (outcome.status === 'cancelled' && !outcome.consistent) {
+    process.stderr.write(`blockmirror: interrupted before the mirror was in sync: ${target} is not a consistent copy of ${source} (${copied})\n`);
+  } else if (!report.json) {
+    process.stdout.write(
+      outcome.status === 'completed'
+        ? `completed (pivoted): ${target} is a full copy of ${source} (${copied})\n`
+        : `cancelled: ${target} is a consistent copy of ${source} as of the cancel (${copied})\n`,
+    );
+  }
+}
