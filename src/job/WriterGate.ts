@@ -1,20 +1,7 @@
+import { waitForChange } from '../util/atomicsWait.js';
+
 /** A waiting writer re-checks at least this often. */
 const WAIT_SLICE_MS = 1000;
-
-/**
- * Atomics.waitAsync does not keep a thread's event loop alive, so a writer thread with nothing
- * else to do would exit mid-wait; a timer alongside it keeps the thread up until the wait ends.
- */
-async function waitWhile(words: Int32Array, index: number, value: number): Promise<void> {
-  const wait = Atomics.waitAsync(words, index, value, WAIT_SLICE_MS);
-  if (!wait.async) return;
-  const keepAlive = setTimeout(() => {}, WAIT_SLICE_MS + 100);
-  try {
-    await wait.value;
-  } finally {
-    clearTimeout(keepAlive);
-  }
-}
 
 /** Word indexes in the gate's shared memory. */
 const GATE = 0;
@@ -82,7 +69,7 @@ export class WriterGate {
       Atomics.add(this.#words, ACTIVE, 1);
       if (Atomics.load(this.#words, GATE) === 0) return;
       this.exit();
-      await waitWhile(this.#words, GATE, 1);
+      await waitForChange(this.#words, GATE, 1, WAIT_SLICE_MS);
     }
   }
 
@@ -93,7 +80,7 @@ export class WriterGate {
   /** Closes the gate and resolves once no writer is inside. */
   async close(): Promise<void> {
     Atomics.store(this.#words, GATE, 1);
-    for (let n = this.active; n !== 0; n = this.active) await waitWhile(this.#words, ACTIVE, n);
+    for (let n = this.active; n !== 0; n = this.active) await waitForChange(this.#words, ACTIVE, n, WAIT_SLICE_MS);
   }
 
   open(): void {
