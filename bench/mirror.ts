@@ -1,79 +1,72 @@
 /**
- * Live-mirror benchmark: mirrors an image while a writer does random 4 KiB writes at queue depth 8
- * through the job (unthrottled, and at fixed rates), and reports time to ready, bytes copied per
- * image byte, the writer's IOPS and latency with and without the mirror, and the tuner's chunk
- * sizes over time.
+ * Live-mirror benchmark: mirrors an image while fio does random 4 KiB writes at queue depth 8
+ * through an NBD export of the job's interceptor (as a VM's disk would), unthrottled and at fixed
+ * rates, and reports time to ready, bytes copied per image byte, fio's IOPS and latency with and
+ * without the mirror (the same export over the plain image), and the tuner's chunk sizes.
  *
  *   npm run bench:mirror -- [--size 4G] [--policies report,write-blocking,throttle]
- *                           [--rates max,2000,20000] [--baseline-seconds 5] [--max-seconds 60]
+ *                           [--rates max,5000,20000] [--seconds 20] [--granularity 64K] [--latency-target MS]
  *                           [--dir DIR] [--json FILE]
  */
-import { randomFillSync } from 'node:crypto';
+import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { FileDevice } from '../src/io/FileDevice.js';
+import { serveNbd } from '../src/io/nbd/NbdServer.js';
+import type { BlockDevice } from '../src/io/BlockDevice.js';
 import { startMirror, type NoConvergencePolicy, type TuningDecision } from '../src/index.js';
-import { LatencyWindow, type LatencyStats } from '../src/sched/LatencyWindow.js';
 import { makeSampleImage } from '../src/util/imageTools.js';
 import { formatBytes, parseSize } from '../src/util/size.js';
 import { machineInfo } from './lib/machine.js';
 import { markdownTable } from './lib/stats.js';
 
-const BLOCK = 4096;
-const DEPTH = 8;
-/** Random blocks are drawn from a pool, so the writer spends no time making random data. */
-const POOL_BLOCKS = 1024;
-
-interface Writable {
-  write(data: Uint8Array, offset: number): Promise<void>;
+/** What fio reports of its writes. Latencies in µs. */
+interface WriterStats {
+  readonly iops: number;
+  readonly p50: number;
+  readonly p99: number;
+  readonly p999: number;
 }
 
-/** A writer of random 4 KiB blocks at queue depth 8, at most `iops` a second (0: as fast as it goes). */
-class RandomWriter {
-  readonly latency = new LatencyWindow();
-  writes = 0;
-  #running = true;
-  #loops: Promise<void>[] = [];
-  readonly #started = performance.now();
+/** Runs fio's nbd engine against `uri` for `seconds`: random 4 KiB writes, queue depth 8. */
+function fio(uri: string, size: number, seconds: number, iops: number): Promise<WriterStats> {
+  const args = [
+    '--name=writer',
+    '--ioengine=nbd',
+    `--uri=${uri}`,
+    '--rw=randwrite',
+    '--bs=4k',
+    '--iodepth=8',
+    '--time_based',
+    `--runtime=${seconds}`,
+    `--size=${size}`,
+    '--output-format=json',
+    ...(iops > 0 ? [`--rate_iops=${iops}`] : []),
+  ];
+  return new Promise((done, fail) => {
+    const child = spawn('fio', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.on('error', fail);
+    child.on('close', (code) => {
+      if (code !== 0) return fail(new Error(`fio exited with ${code}`));
+      const write = JSON.parse(out.slice(out.indexOf('{'))).jobs[0].write;
+      const pct = write.clat_ns.percentile as Record<string, number>;
+      done({ iops: write.iops, p50: pct['50.000000']! / 1000, p99: pct['99.000000']! / 1000, p999: pct['99.900000']! / 1000 });
+    });
+  });
+}
 
-  constructor(device: Writable, size: number, iops: number) {
-    const pool = Buffer.allocUnsafe(POOL_BLOCKS * BLOCK);
-    randomFillSync(pool);
-    const blocks = Math.floor(size / BLOCK);
-    for (let q = 0; q < DEPTH; q++) {
-      this.#loops.push(
-        (async () => {
-          let i = q;
-          while (this.#running) {
-            if (iops > 0) {
-              // Keep to the rate overall: write n is due at n / iops seconds.
-              const due = ((this.writes + 1) / iops) * 1000 - (performance.now() - this.#started);
-              if (due > 0) await new Promise((r) => setTimeout(r, due));
-            }
-            const data = pool.subarray((i % POOL_BLOCKS) * BLOCK, (i % POOL_BLOCKS) * BLOCK + BLOCK);
-            const offset = Math.floor(Math.random() * blocks) * BLOCK;
-            const t0 = performance.now();
-            await device.write(data, offset);
-            this.latency.record((performance.now() - t0) * 1000);
-            this.writes++;
-            i += DEPTH;
-          }
-        })(),
-      );
-    }
-  }
-
-  get seconds(): number {
-    return (performance.now() - this.#started) / 1000;
-  }
-
-  async stop(): Promise<{ iops: number; latency: LatencyStats }> {
-    const seconds = this.seconds;
-    this.#running = false;
-    await Promise.all(this.#loops);
-    return { iops: this.writes / seconds, latency: this.latency.total() };
+/** fio through an export of `device` (in this process, as the mirror's export is). */
+async function writeThrough(device: BlockDevice, socket: string, size: number, seconds: number, iops: number): Promise<WriterStats> {
+  await rm(socket, { force: true });
+  const { server, uri } = await serveNbd(device, `nbd+unix:///disk?socket=${socket}`);
+  try {
+    return await fio(uri, size, seconds, iops);
+  } finally {
+    await server.close();
   }
 }
 
@@ -81,72 +74,70 @@ interface MirrorBenchResult {
   readonly policy: NoConvergencePolicy;
   readonly rate: string;
   readonly readySeconds: number | null;
+  /** Bytes copied until ready, per image byte. */
   readonly copiedPerImageByte: number;
-  readonly iops: number;
-  readonly latency: LatencyStats;
-  readonly baselineIops: number;
-  readonly baselineLatency: LatencyStats;
-  /** The tuner's chunk size each half second. */
+  readonly writer: WriterStats;
+  readonly baseline: WriterStats;
+  /** The tuner's chunk size every half second. */
   readonly chunkSizes: number[];
-  readonly copyMode: string;
+  readonly copyModeAtEnd: string;
 }
 
-async function baseline(path: string, size: number, iops: number, seconds: number): Promise<{ iops: number; latency: LatencyStats }> {
-  const dev = await FileDevice.open({ kind: 'file', path, writable: true });
-  const writer = new RandomWriter(dev, size, iops);
-  await new Promise((r) => setTimeout(r, seconds * 1000));
-  const r = await writer.stop();
-  await dev.close();
-  return r;
-}
-
-async function mirrorRun(src: string, dst: string, size: number, policy: NoConvergencePolicy, iops: number, maxSeconds: number) {
+async function mirrorRun(
+  src: string,
+  dst: string,
+  socket: string,
+  size: number,
+  policy: NoConvergencePolicy,
+  seconds: number,
+  iops: number,
+  granularity: number | undefined,
+  latencyTarget: number | undefined,
+) {
   await rm(dst, { force: true });
   const started = performance.now();
-  const job = await startMirror({ source: src, target: dst, onNoConvergence: policy });
+  const job = await startMirror({ source: src, target: dst, onNoConvergence: policy, granularity, latencyTarget });
   const decisions: TuningDecision[] = [];
   job.on('tuning', (d) => decisions.push(d));
   const chunkSizes: number[] = [];
   const sampler = setInterval(() => chunkSizes.push(decisions.at(-1)?.chunkSize ?? 0), 500);
-  const writer = new RandomWriter(job.device, size, iops);
-  const ready = await new Promise<number | null>((resolve) => {
-    const timeout = setTimeout(() => resolve(null), maxSeconds * 1000);
-    job.once('ready', () => {
-      clearTimeout(timeout);
-      resolve((performance.now() - started) / 1000);
-    });
+  const ready = { seconds: null as number | null, copied: 0 };
+  job.once('ready', () => {
+    ready.seconds = (performance.now() - started) / 1000;
+    ready.copied = job.progress().bytesCopied;
   });
-  const copied = job.progress().bytesCopied;
-  const w = await writer.stop();
+  const writer = await writeThrough(job.device.asBlockDevice(), socket, size, seconds, iops);
   clearInterval(sampler);
-  const copyMode = job.copyMode;
-  if (ready !== null) await job.complete();
+  const copyModeAtEnd = job.copyMode;
+  if (job.status === 'ready') await job.complete();
   else await job.cancel({ force: true });
   await job.close();
-  return { readySeconds: ready, copiedPerImageByte: copied / size, iops: w.iops, latency: w.latency, chunkSizes, copyMode };
+  const copied = ready.seconds === null ? job.progress().bytesCopied : ready.copied;
+  return { readySeconds: ready.seconds, copiedPerImageByte: copied / size, writer, chunkSizes, copyModeAtEnd };
 }
 
-function ms(micros: number): string {
-  return (micros / 1000).toFixed(2);
-}
+const ms = (micros: number): string => (micros / 1000).toFixed(2);
 
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
       size: { type: 'string', default: '4G' },
       policies: { type: 'string', default: 'report,write-blocking,throttle' },
-      rates: { type: 'string', default: 'max,2000,20000' },
-      'baseline-seconds': { type: 'string', default: '5' },
-      'max-seconds': { type: 'string', default: '60' },
+      rates: { type: 'string', default: 'max,5000,20000' },
+      seconds: { type: 'string', default: '20' },
+      granularity: { type: 'string' },
+      'latency-target': { type: 'string' },
       dir: { type: 'string', default: join(process.cwd(), '.bm-bench') },
       json: { type: 'string' },
     },
   });
   const size = parseSize(values.size!, '--size');
+  const seconds = Number(values.seconds);
   const dir = resolve(values.dir!);
   await mkdir(dir, { recursive: true });
   const src = join(dir, 'mirror-src.img');
   const dst = join(dir, 'mirror-dst.img');
+  const socket = join(dir, 'mirror.sock');
   if (!existsSync(src) || (await stat(src)).size !== size) {
     console.error(`making a ${formatBytes(size)} random source ${src}`);
     await makeSampleImage(src, { size, holeFraction: 0 });
@@ -154,36 +145,51 @@ async function main(): Promise<void> {
   const results: MirrorBenchResult[] = [];
   for (const rate of values.rates!.split(',')) {
     const iops = rate === 'max' ? 0 : Number(rate);
-    const base = await baseline(src, size, iops, Number(values['baseline-seconds']));
-    console.error(`baseline writer (${rate} IOPS asked): ${base.iops.toFixed(0)} IOPS, p99 ${ms(base.latency.p99)} ms`);
+    const plain = await FileDevice.open({ kind: 'file', path: src, writable: true });
+    const baseline = await writeThrough(plain, socket, size, Math.min(seconds, 10), iops);
+    await plain.close();
+    console.error(`fio alone (${rate} IOPS asked): ${baseline.iops.toFixed(0)} IOPS, p99 ${ms(baseline.p99)} ms`);
     for (const policy of values.policies!.split(',') as NoConvergencePolicy[]) {
-      const r = await mirrorRun(src, dst, size, policy, iops, Number(values['max-seconds']));
+      const granularity = values.granularity === undefined ? undefined : parseSize(values.granularity, '--granularity');
+      const target = values['latency-target'] === undefined ? undefined : Number(values['latency-target']);
+      const r = await mirrorRun(src, dst, socket, size, policy, seconds, iops, granularity, target);
       console.error(
         `  ${policy}: ready ${r.readySeconds?.toFixed(1) ?? 'never'} s, copied ${r.copiedPerImageByte.toFixed(2)}× the image, ` +
-          `${r.iops.toFixed(0)} IOPS (${((100 * r.iops) / base.iops).toFixed(0)} % of unmirrored), p99 ${ms(r.latency.p99)} ms`,
+          `${r.writer.iops.toFixed(0)} IOPS (${((100 * r.writer.iops) / baseline.iops).toFixed(0)} % of unmirrored), p99 ${ms(r.writer.p99)} ms`,
       );
-      results.push({ policy, rate, ...r, baselineIops: base.iops, baselineLatency: base.latency });
+      results.push({ policy, rate, ...r, baseline });
     }
   }
   console.log(
     markdownTable(
-      ['writer', 'policy', 'ready (s)', 'copied / image', 'IOPS (unmirrored)', 'p50 / p99 / p999 ms (unmirrored)', 'mode at end', 'chunk sizes (every 0.5 s)'],
+      ['writer', 'policy', 'ready (s)', 'copied / image', 'IOPS (unmirrored)', 'p50 / p99 / p99.9 ms (unmirrored)', 'mode at end', 'chunk sizes (every 0.5 s)'],
       results.map((r) => [
         r.rate === 'max' ? 'unthrottled' : `${r.rate} IOPS`,
         r.policy,
         r.readySeconds === null ? 'never' : r.readySeconds.toFixed(1),
         r.copiedPerImageByte.toFixed(2),
-        `${r.iops.toFixed(0)} (${r.baselineIops.toFixed(0)}, ${((100 * r.iops) / r.baselineIops).toFixed(0)} %)`,
-        `${ms(r.latency.p50)} / ${ms(r.latency.p99)} / ${ms(r.latency.p999)} (${ms(r.baselineLatency.p50)} / ${ms(r.baselineLatency.p99)} / ${ms(r.baselineLatency.p999)})`,
-        r.copyMode,
-        [...new Set(r.chunkSizes)].map((c) => formatBytes(c)).join(' → '),
+        `${r.writer.iops.toFixed(0)} (${r.baseline.iops.toFixed(0)}, ${((100 * r.writer.iops) / r.baseline.iops).toFixed(0)} %)`,
+        `${ms(r.writer.p50)} / ${ms(r.writer.p99)} / ${ms(r.writer.p999)} (${ms(r.baseline.p50)} / ${ms(r.baseline.p99)} / ${ms(r.baseline.p999)})`,
+        r.copyModeAtEnd,
+        compress(r.chunkSizes.map((c) => formatBytes(c))),
       ]),
     ),
   );
   if (values.json) {
-    await writeFile(values.json, `${JSON.stringify({ kind: 'mirror', date: new Date().toISOString(), machine: machineInfo(dir), size, results }, null, 2)}\n`);
+    await writeFile(values.json, `${JSON.stringify({ kind: 'mirror', date: new Date().toISOString(), machine: machineInfo(dir), size, seconds, results }, null, 2)}\n`);
   }
   await rm(dst, { force: true });
+}
+
+/** `a a a b b a` → `a×3 → b×2 → a`. */
+function compress(values: readonly string[]): string {
+  const runs: Array<[string, number]> = [];
+  for (const v of values) {
+    const last = runs.at(-1);
+    if (last && last[0] === v) last[1]++;
+    else runs.push([v, 1]);
+  }
+  return runs.map(([v, n]) => (n > 1 ? `${v}×${n}` : v)).join(' → ');
 }
 
 await main();

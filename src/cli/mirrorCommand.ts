@@ -1,5 +1,4 @@
 import type { Command } from 'commander';
-import { DEFAULT_GRANULARITY } from '../bitmap/DirtyBitmap.js';
 import { ErrorCode } from '../errors.js';
 import type { BlockDevice } from '../io/BlockDevice.js';
 import { serveNbd, type NbdServer } from '../io/nbd/NbdServer.js';
@@ -23,7 +22,7 @@ interface MirrorCommandOptions extends CopyTuningOptions {
   completeOnReady: boolean;
   sync: 'full' | 'none';
   copyMode: CopyMode;
-  granularity: number;
+  granularity?: number;
   bufferSize: number;
   onSourceError: ErrorPolicy;
   onTargetError: ErrorPolicy;
@@ -59,7 +58,7 @@ export function registerMirrorCommand(program: Command): void {
         'background',
       ),
     )
-    .option('--granularity <size>', 'bytes per dirty bit (power of two, 512 to 64M)', sizeOption('--granularity'), DEFAULT_GRANULARITY)
+    .option('--granularity <size>', 'bytes per dirty bit (power of two, 512 to 64M; default 4K, coarser for huge images)', sizeOption('--granularity'))
     .option('--buffer-size <size>', 'bytes in flight at most (copy operations in flight: buffer / chunk size)', sizeOption('--buffer-size'), DEFAULT_BUFFER_SIZE)
     .addOption(choiceOption('--on-source-error <policy>', 'on a source read error: fail (report), retry (ignore), pause until SIGUSR2 (stop), stop on ENOSPC only (enospc)', ERROR_POLICIES, 'report'))
     .addOption(choiceOption('--on-target-error <policy>', 'on a target write or flush error, as --on-source-error', ERROR_POLICIES, 'report'))

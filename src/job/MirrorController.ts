@@ -54,10 +54,14 @@ export interface MirrorControllerOptions {
 
 /** Decisions are taken this often, each from the window since the last. */
 export const CONTROL_INTERVAL_MS = 100;
-/** Before ramping up, the copier runs gently this long while the application's own p99 is measured. */
+/** Before ramping up, the copier crawls this long while the application's own p99 is measured. */
 const BASELINE_MS = 300;
 /** At least this many application writes make a baseline. */
 const BASELINE_MIN_WRITES = 30;
+/** A window with this many application writes, and no target yet, starts a baseline measurement. */
+const BASELINE_TRIGGER_WRITES = 10;
+/** While the baseline is measured the copier crawls at this rate (bytes per second). */
+const BASELINE_PACE = 1 << 20;
 /** The default latency target is this multiple of the baseline p99. */
 const TARGET_OVER_BASELINE = 2;
 /** A ready job never drops back for a backlog smaller than this. */
@@ -91,9 +95,11 @@ export class MirrorController {
   #timer: NodeJS.Timeout | undefined;
   #last: { at: number; copied: number } | undefined;
   #started = 0;
-  #baselineDone: boolean;
-  #baselineWrites = 0;
-  #baselineP99 = 0;
+  /**
+   * The latency target's source: `done` once known (given, or measured); `idle` while no
+   * application writes have been seen to measure; a measurement in progress otherwise.
+   */
+  #baseline: 'done' | 'idle' | { since: number; writes: number; p99: number };
   #lastThrottleStep = 0;
   #switching = false;
 
@@ -101,10 +107,8 @@ export class MirrorController {
     this.#job = job;
     this.#o = options;
     const target = options.latencyTargetMs === undefined ? undefined : options.latencyTargetMs * 1000;
-    this.#baselineDone = target !== undefined || !options.adaptive;
-    // Gentle until the baseline is known: one chunk in flight.
-    const initial = this.#baselineDone ? options.initial : { chunkSize: options.initial.chunkSize, inFlight: options.initial.chunkSize };
-    this.#tuner = new ChunkTuner(options.limits, initial, target);
+    this.#baseline = target !== undefined || !options.adaptive ? 'done' : { since: 0, writes: 0, p99: 0 };
+    this.#tuner = new ChunkTuner(options.limits, options.initial, target);
   }
 
   /** The latest convergence view (rates for progress reports). */
@@ -118,7 +122,8 @@ export class MirrorController {
 
   start(): void {
     this.#started = performance.now();
-    this.#apply(this.#tuner.chunkSize, this.#tuner.queueDepth);
+    if (this.#baseline === 'done') this.#apply(this.#tuner.chunkSize, this.#tuner.queueDepth);
+    else this.#beginBaseline(this.#started);
     this.#timer = setInterval(() => this.tick(performance.now()), CONTROL_INTERVAL_MS).unref();
   }
 
@@ -145,8 +150,13 @@ export class MirrorController {
 
   #tune(nowMs: number, window: Parameters<ChunkTuner['decide']>[0]): void {
     if (!this.#o.adaptive) return;
-    if (!this.#baselineDone) {
-      this.#collectBaseline(nowMs, window.app);
+    const b = this.#baseline;
+    if (b === 'idle' && window.app.count >= BASELINE_TRIGGER_WRITES) {
+      this.#beginBaseline(nowMs); // the application started writing: measure it before pushing on
+      return;
+    }
+    if (typeof b === 'object') {
+      this.#collectBaseline(nowMs, b, window.app);
       return;
     }
     const decision = this.#tuner.decide(window);
@@ -155,17 +165,31 @@ export class MirrorController {
     this.#job.onTuning(decision);
   }
 
+  /** Holds the copier to a crawl while the application's own write latency is measured. */
+  #beginBaseline(nowMs: number): void {
+    this.#baseline = { since: nowMs, writes: 0, p99: 0 };
+    this.#apply(this.#o.initial.chunkSize, 1);
+    this.#o.copier.setPace(BASELINE_PACE);
+  }
+
   /** The application's p99 with the copier barely running: the default target is twice it. */
-  #collectBaseline(nowMs: number, app: LatencyStats): void {
+  #collectBaseline(nowMs: number, b: { since: number; writes: number; p99: number }, app: LatencyStats): void {
     if (app.count > 0) {
-      this.#baselineP99 = Math.max(this.#baselineP99, app.p99);
-      this.#baselineWrites += app.count;
+      b.p99 = Math.max(b.p99, app.p99);
+      b.writes += app.count;
     }
-    if (nowMs - this.#started < BASELINE_MS) return;
-    this.#baselineDone = true;
-    const target = this.#baselineWrites >= BASELINE_MIN_WRITES ? TARGET_OVER_BASELINE * this.#baselineP99 : undefined;
-    // Ramp up: from the configured starting point, under the measured target.
-    this.#tuner = new ChunkTuner(this.#o.limits, this.#o.initial, target);
+    if (nowMs - b.since < BASELINE_MS) return;
+    this.#o.copier.setPace(undefined);
+    if (b.writes < BASELINE_MIN_WRITES) {
+      // Nobody is writing: copy at full speed, and measure once the application shows up.
+      this.#baseline = 'idle';
+      this.#tuner = new ChunkTuner(this.#o.limits, this.#o.initial);
+      return;
+    }
+    this.#baseline = 'done';
+    // Ramp up from one chunk in flight, a step at a time, under the measured target.
+    const { chunkSize } = this.#o.initial;
+    this.#tuner = new ChunkTuner(this.#o.limits, { chunkSize, inFlight: chunkSize }, TARGET_OVER_BASELINE * b.p99);
   }
 
   #apply(chunkSize: number, queueDepth: number): void {

@@ -61,7 +61,8 @@ export class MirrorCopier {
   readonly #extents: GuardedDirtyExtents;
   readonly #pacer: WritebackPacer;
   #running: Promise<void> | undefined;
-  #cleanWaiters: Array<() => void> = [];
+  /** Callers waiting for the backlog (dirty and in flight) to fall to at most so many bytes. */
+  #backlogWaiters: Array<{ bytes: number; resolve: () => void }> = [];
 
   constructor(options: MirrorCopierOptions) {
     this.#o = options;
@@ -82,7 +83,7 @@ export class MirrorCopier {
       targetIsZero: false,
       limiter: this.#limiter,
       onBatch: (outcome) => this.#onBatch(outcome),
-      onIdle: () => this.#checkClean(),
+      onIdle: () => this.#checkBacklog(),
       coalesceMs: COALESCE_MS,
       preemptAfterRead: options.testHooks?.skipWriteBlockingWait === true,
       waitForWork: (ms) => (options.bitmap.count() > 0 ? new Promise((r) => setTimeout(r, ms)) : options.bitmap.changed(ms)),
@@ -151,9 +152,19 @@ export class MirrorCopier {
 
   /** Resolves the next time nothing is dirty and nothing is in flight (at once if so now). */
   whenClean(): Promise<void> {
-    if (this.clean) return Promise.resolve();
+    return this.whenBacklogAtMost(0);
+  }
+
+  /** Bytes dirty or in flight. */
+  get backlogBytes(): number {
+    return this.#o.bitmap.dirtyBytes() + this.#scheduler.inFlightBytes;
+  }
+
+  /** Resolves the next time the backlog is at most `bytes` (0: clean) — at once if so now. */
+  whenBacklogAtMost(bytes: number): Promise<void> {
+    if (this.#backlogAtMost(bytes)) return Promise.resolve();
     return new Promise((resolve) => {
-      this.#cleanWaiters.push(resolve);
+      this.#backlogWaiters.push({ bytes, resolve });
       this.#scheduler.notify();
     });
   }
@@ -184,13 +195,20 @@ export class MirrorCopier {
     this.#pacer.noteWritten(result.bytesWritten);
     this.#o.onBatch?.(outcome);
     if (failed.length) this.#o.onFailures(failed);
-    this.#checkClean();
+    this.#checkBacklog();
   }
 
-  #checkClean(): void {
-    if (this.#cleanWaiters.length === 0 || !this.clean) return;
-    const waiters = this.#cleanWaiters;
-    this.#cleanWaiters = [];
-    for (const w of waiters) w();
+  #backlogAtMost(bytes: number): boolean {
+    return bytes === 0 ? this.clean : this.backlogBytes <= bytes;
+  }
+
+  #checkBacklog(): void {
+    if (this.#backlogWaiters.length === 0) return;
+    const still: Array<{ bytes: number; resolve: () => void }> = [];
+    for (const w of this.#backlogWaiters) {
+      if (this.#backlogAtMost(w.bytes)) w.resolve();
+      else still.push(w);
+    }
+    this.#backlogWaiters = still;
   }
 }

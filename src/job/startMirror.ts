@@ -1,4 +1,4 @@
-import { DEFAULT_GRANULARITY, DirtyBitmap } from '../bitmap/DirtyBitmap.js';
+import { DirtyBitmap, MAX_GRANULARITY, MIN_GRANULARITY } from '../bitmap/DirtyBitmap.js';
 import { loadBitmap } from '../bitmap/BitmapFile.js';
 import { BitmapError, ErrorCode, InvalidArgumentError } from '../errors.js';
 import type { BlockDevice, DeviceSpec } from '../io/BlockDevice.js';
@@ -21,6 +21,20 @@ export { DEFAULT_BUFFER_SIZE };
 export const MAX_TUNED_CHUNK = 8 << 20;
 /** The tuner's most operations in flight (each holds a libuv thread while it runs). */
 export const MAX_TUNED_QUEUE_DEPTH = 32;
+
+/**
+ * The mirror's default granularity: 4 KiB, so a small write dirties no more than it wrote (DRBD
+ * tracks 4 KiB too; QEMU's 64 KiB makes a 4 KiB write cost a 64 KiB copy). Images so large that
+ * the bitmap would pass 2^27 bits (16 MiB) get a coarser one.
+ */
+export const DEFAULT_MIRROR_GRANULARITY = 4096;
+const MAX_DEFAULT_BITS = 2 ** 27;
+
+function defaultGranularityFor(size: number): number {
+  let g = DEFAULT_MIRROR_GRANULARITY;
+  while (size / g > MAX_DEFAULT_BITS) g *= 2;
+  return g;
+}
 
 /** What a mirror copies: everything, only what is written from now on, or what a bitmap marks. */
 export type SyncMode = 'full' | 'none' | 'bitmap';
@@ -91,8 +105,8 @@ function checkOptions(o: MirrorOptions): {
   workers: number;
   speed: number;
 } {
-  const granularity = o.granularity ?? DEFAULT_GRANULARITY;
-  if (!isPowerOfTwo(granularity) || granularity < 512 || granularity > 64 << 20) {
+  const granularity = o.granularity ?? DEFAULT_MIRROR_GRANULARITY;
+  if (!isPowerOfTwo(granularity) || granularity < MIN_GRANULARITY || granularity > MAX_GRANULARITY) {
     throw invalid(`granularity must be a power of two from 512 to 64M, not ${granularity}`);
   }
   const chunkSize = Math.max(o.chunkSize ?? DEFAULT_CHUNK_SIZE, granularity);
@@ -162,6 +176,7 @@ export async function startMirror(options: MirrorOptions): Promise<MirrorJob> {
     const target = options.targetDevice ?? (await openOwned(targetSpec, opened));
     checkTargetSize(target.description, target.size, source.size);
 
+    if (options.granularity === undefined) tuning.granularity = Math.max(tuning.granularity, defaultGranularityFor(source.size));
     const bitmap = await startBitmap(options, source.size, tuning.granularity);
     const gate = WriterGate.create();
     const locks = new RangeLocks();

@@ -33,10 +33,12 @@ export interface ConvergenceOptions {
 const DEFAULT_WINDOW_MS = 3000;
 /**
  * A writer that re-dirties at least this share of what the copier cleans, for a whole (shorter)
- * window, makes the job copy the same extents again and again: counted as not converging too,
- * long before the backlog stops shrinking (in a bulk copy it shrinks for a long while anyway).
+ * window, while the backlog is still more than a second of copying, makes the job copy the same
+ * extents again and again: counted as not converging too, long before the backlog stops
+ * shrinking (in a bulk copy it shrinks for a long while anyway). A quarter means a copy that
+ * would end up moving a third more than the image.
  */
-const REDIRTY_SHARE = 0.5;
+const REDIRTY_SHARE = 0.25;
 const REDIRTY_WINDOW_MS = 1000;
 /** The backlog must fall by at least this share over the window to count as shrinking. */
 const MIN_SHRINK = 0.05;
@@ -47,8 +49,8 @@ const RATE_MARGIN = 1.1;
  * Tells whether a mirror is converging: the writer dirties bytes (dirty rate) while the copier
  * cleans them (clean rate). It is not converging when, over the last window, the backlog has not
  * shrunk and the copier is not clearly faster than the writer; or when, for a second, the writer
- * re-dirties half or more of what the copier cleans (the job then copies most extents several
- * times over). QEMU's mirror has no such signal, and under a heavy writer it copies forever.
+ * re-dirties a quarter or more of what the copier cleans while much is left to copy (the job then
+ * copies many extents several times over). QEMU's mirror has no such signal, and under a heavy writer it copies forever.
  * Pure: samples come with their time.
  */
 export class ConvergenceDetector {
@@ -76,13 +78,14 @@ export class ConvergenceDetector {
     const etaSeconds = s.backlogBytes === 0 ? 0 : net > 0 ? s.backlogBytes / net : Number.POSITIVE_INFINITY;
     const state = (converging: boolean, reason: string): ConvergenceState => ({ converging, reason, dirtyRate, cleanRate, etaSeconds });
 
-    const redirtying = s.backlogBytes > 0 && cleanRate > 0 && dirtyRate >= REDIRTY_SHARE * cleanRate;
+    // In sync, the copier cleans what is dirtied as it comes: only a large backlog can be re-dirtied.
+    const redirtying = cleanRate > 0 && s.backlogBytes > cleanRate && dirtyRate >= REDIRTY_SHARE * cleanRate;
     this.#redirtySince = redirtying ? (this.#redirtySince ?? s.nowMs) : undefined;
     if (s.backlogBytes === 0) return state(true, 'in sync');
     if (this.#redirtySince !== undefined && s.nowMs - this.#redirtySince >= REDIRTY_WINDOW_MS) {
       return state(
         false,
-        `not converging: writes re-dirty ${mib(dirtyRate)} MiB/s, at least half of the ${mib(cleanRate)} MiB/s the copier cleans, ` +
+        `not converging: writes re-dirty ${mib(dirtyRate)} MiB/s, ${((100 * dirtyRate) / cleanRate).toFixed(0)} % of the ${mib(cleanRate)} MiB/s the copier cleans, ` +
           `for ${((s.nowMs - this.#redirtySince) / 1000).toFixed(1)} s`,
       );
     }
@@ -90,7 +93,9 @@ export class ConvergenceDetector {
     const watchedMs = s.nowMs - oldest.at;
     if (watchedMs < this.#windowMs || s.nowMs - this.#started < this.#windowMs) return state(true, 'measuring');
     const shrinking = s.backlogBytes < oldest.backlog * (1 - MIN_SHRINK);
-    if (shrinking || cleanRate > dirtyRate * RATE_MARGIN) {
+    // A backlog under a second of copying is a copier keeping up, whatever it does meanwhile.
+    const small = s.backlogBytes <= cleanRate;
+    if (shrinking || small || cleanRate > dirtyRate * RATE_MARGIN) {
       return state(true, Number.isFinite(etaSeconds) ? `backlog shrinking, in sync in about ${etaSeconds.toFixed(1)} s` : 'backlog shrinking');
     }
     return state(

@@ -28,7 +28,7 @@ describe('ConvergenceDetector', () => {
   });
 
   it('calls a shrinking backlog converging, with an ETA', () => {
-    const s = simulate(new ConvergenceDetector(), 5, 50 * MiB, 150 * MiB, 4096 * MiB);
+    const s = simulate(new ConvergenceDetector(), 5, 20 * MiB, 150 * MiB, 4096 * MiB);
     expect(s.converging).toBe(true);
     expect(s.etaSeconds).toBeGreaterThan(0);
     expect(s.etaSeconds).toBeLessThan(Number.POSITIVE_INFINITY);
@@ -52,7 +52,7 @@ describe('ConvergenceDetector', () => {
 });
 
 describe('ConvergenceDetector, re-dirtying', () => {
-  it('calls a writer that re-dirties half of what is copied not converging within about a second, even while the backlog shrinks', () => {
+  it('calls a writer that re-dirties a quarter of what is copied not converging within about a second, even while the backlog shrinks', () => {
     const d = new ConvergenceDetector();
     let state: ConvergenceState | undefined;
     let t = 0;
@@ -67,14 +67,24 @@ describe('ConvergenceDetector, re-dirtying', () => {
     expect(state!.reason).toMatch(/re-dirty/);
   });
 
+  it('does not count a steady writer the copier keeps up with', () => {
+    const d = new ConvergenceDetector();
+    let state: ConvergenceState | undefined;
+    for (let t = 0, copied = 0; t <= 5000; t += 100) {
+      state = d.sample({ nowMs: t, backlogBytes: MiB, dirtiedBytes: copied + MiB, copiedBytes: copied });
+      copied += 3 * MiB; // 30 MiB/s dirtied, 30 MiB/s cleaned, the backlog a steady 1 MiB
+    }
+    expect(state!.converging).toBe(true);
+  });
+
   it('does not count a writer that re-dirties a little of what is copied', () => {
     const d = new ConvergenceDetector();
     let state: ConvergenceState | undefined;
     for (let t = 0, backlog = 4096 * MiB, copied = 0, dirtied = 4096 * MiB; t <= 5000; t += 100) {
       state = d.sample({ nowMs: t, backlogBytes: backlog, dirtiedBytes: dirtied, copiedBytes: copied });
       copied += 20 * MiB;
-      dirtied += 2 * MiB;
-      backlog -= 18 * MiB;
+      dirtied += 3 * MiB;
+      backlog -= 17 * MiB;
     }
     expect(state!.converging).toBe(true);
   });
