@@ -100,7 +100,7 @@ export class MirrorCopier {
 
   /** Nothing dirty and nothing in flight. */
   get clean(): boolean {
-    return this.#o.bitmap.count() === 0 && this.#scheduler.inFlightExtents === 0;
+    return this.#o.bitmap.count() === 0 && this.#scheduler.inFlightOperations === 0;
   }
 
   start(): void {

@@ -8,7 +8,7 @@ import { CopyScheduler, type BatchOutcome } from '../sched/CopyScheduler.js';
 import { LinearExtentSource } from '../sched/ExtentSource.js';
 import { RateLimiter } from '../sched/RateLimiter.js';
 import { RateMeter } from '../sched/RateMeter.js';
-import { batchExtentsFor, resolveTuning, type CopyTuning } from '../sched/tuning.js';
+import { TASKS_PER_WORKER, batchExtentsFor, resolveTuning, streamExtentsFor, type CopyTuning } from '../sched/tuning.js';
 import { WritebackPacer } from '../sched/WritebackPacer.js';
 import { formatBytes } from '../util/size.js';
 import { createCopyRunner, type CopyRunner } from '../workers/createCopyRunner.js';
@@ -87,7 +87,9 @@ export async function copyImage(source: string, target: string, options: CopyOpt
     const { created } = await prepareTarget(targetSpec, sourceSpec, src.size);
     dst = await openDevice(targetSpec);
     checkTargetSize(target, dst.size, src.size);
-    const { runner, plan } = createCopyRunner(src, dst, sourceSpec, tuning.workers);
+    // Every stream is one task, so each worker must run its share of them at once.
+    const tasksPerWorker = copiesInStreams(sourceSpec, targetSpec, tuning) ? Math.ceil(tuning.queueDepth / tuning.workers) : TASKS_PER_WORKER;
+    const { runner, plan } = createCopyRunner(src, dst, sourceSpec, { workers: tuning.workers, tasksPerWorker });
     const runTuning = plan.inline ? { ...tuning, workers: 1 } : tuning;
     const run = new BulkCopy(sourceSpec, targetSpec, src, dst, runTuning, runner, {
       detectZeroes: options.detectZeroes ?? true,
@@ -108,6 +110,16 @@ export async function copyImage(source: string, target: string, options: CopyOpt
   } finally {
     await Promise.all([src.close(), dst?.close()]);
   }
+}
+
+/**
+ * Page-cache copies between files run as streams, each walking its own region in order: the
+ * kernel's readahead then has each next read in memory before it is asked for (docs/perf.md,
+ * "Bulk copy"). Not under a rate limit, whose slices are smaller than a stream, nor with O_DIRECT
+ * or NBD, where no readahead is in play.
+ */
+function copiesInStreams(sourceSpec: DeviceSpec, targetSpec: DeviceSpec, tuning: CopyTuning): boolean {
+  return tuning.speed === 0 && sourceSpec.kind === 'file' && targetSpec.kind === 'file' && !sourceSpec.direct && !targetSpec.direct;
 }
 
 interface BulkCopySettings {
@@ -142,13 +154,16 @@ class BulkCopy {
   async run(options: CopyOptions): Promise<void> {
     const { tuning, source, target, pool } = this;
     const pacer = new WritebackPacer(() => target.flush(), tuning.flushEvery);
+    const chunkSize = Math.min(tuning.chunkSize, target.maxRequest, source.maxRequest);
+    const streams = copiesInStreams(this.sourceSpec, this.targetSpec, tuning);
     const scheduler = new CopyScheduler({
       pool,
       source: this.sourceSpec,
       target: this.targetSpec,
-      chunkSize: Math.min(tuning.chunkSize, target.maxRequest, source.maxRequest),
+      chunkSize,
       queueDepth: tuning.queueDepth,
-      batchExtents: batchExtentsFor(tuning.queueDepth, tuning.workers),
+      batchExtents: streams ? streamExtentsFor(chunkSize) : batchExtentsFor(tuning.queueDepth, tuning.workers),
+      streams,
       detectZeroes: this.settings.detectZeroes,
       targetIsZero: this.settings.targetIsZero,
       limiter: new RateLimiter(tuning.speed),

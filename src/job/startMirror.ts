@@ -196,7 +196,7 @@ export async function startMirror(options: MirrorOptions): Promise<MirrorJob> {
         onWriteLatency: (micros) => job?.recordAppLatency(micros),
       },
     });
-    const { runner, plan } = createCopyRunner(source, target, sourceSpec, tuning.workers);
+    const { runner, plan } = createCopyRunner(source, target, sourceSpec, { workers: tuning.workers });
     const copier = new MirrorCopier({
       runner,
       source: sourceSpec,

@@ -27,6 +27,11 @@ export interface CopySchedulerOptions {
   queueDepth: number;
   /** Extents per task sent to a worker. */
   batchExtents: number;
+  /**
+   * Each task is a stream: its `batchExtents` consecutive extents are copied one after another,
+   * and `queueDepth` counts streams (each has one operation in flight) rather than extents.
+   */
+  readonly streams?: boolean;
   readonly detectZeroes: boolean;
   readonly targetIsZero: boolean;
   readonly limiter: RateLimiter;
@@ -57,7 +62,7 @@ const DEFAULT_IDLE_WAIT_MS = 50;
  */
 export class CopyScheduler {
   readonly options: CopySchedulerOptions;
-  #inFlightExtents = 0;
+  #inFlightOperations = 0;
   #inFlightBytes = 0;
   #inFlight = new Set<Promise<void>>();
   #stopped = false;
@@ -73,8 +78,8 @@ export class CopyScheduler {
     return this.#inFlightBytes;
   }
 
-  get inFlightExtents(): number {
-    return this.#inFlightExtents;
+  get inFlightOperations(): number {
+    return this.#inFlightOperations;
   }
 
   /** True if the rate limit made the loop wait since the last call (the tuner's window). */
@@ -116,7 +121,7 @@ export class CopyScheduler {
   async run(source: ExtentSource): Promise<void> {
     const o = this.options;
     while (!this.#stopped) {
-      if (this.#paused || this.#inFlightExtents >= o.queueDepth) {
+      if (this.#paused || this.#inFlightOperations >= o.queueDepth) {
         await this.#sleep();
         continue;
       }
@@ -126,7 +131,7 @@ export class CopyScheduler {
         await this.#sleep(delay);
         continue;
       }
-      const room = Math.min(o.batchExtents, o.queueDepth - this.#inFlightExtents, this.#extentsPerSlice());
+      const room = o.streams ? o.batchExtents : Math.min(o.batchExtents, o.queueDepth - this.#inFlightOperations, this.#extentsPerSlice());
       const extents: number[] = [];
       const count = source.take(extents, room, o.chunkSize);
       if (count === 0) {
@@ -154,7 +159,8 @@ export class CopyScheduler {
     let bytes = 0;
     for (let i = 1; i < extents.length; i += 2) bytes += extents[i]!;
     o.limiter.account(bytes, performance.now());
-    this.#inFlightExtents += count;
+    const operations = o.streams ? 1 : count;
+    this.#inFlightOperations += operations;
     this.#inFlightBytes += bytes;
     const task: CopyTask = {
       source: o.source,
@@ -162,13 +168,14 @@ export class CopyScheduler {
       extents,
       detectZeroes: o.detectZeroes,
       targetIsZero: o.targetIsZero,
+      ...(o.streams ? { sequential: true } : {}),
       ...(o.preemptAfterRead ? { preemptAfterRead: true } : {}),
     };
     const done = o.pool
       .run(task)
       .catch((err: unknown) => workerFailure(count, err))
       .then((result) => {
-        this.#inFlightExtents -= count;
+        this.#inFlightOperations -= operations;
         this.#inFlightBytes -= bytes;
         this.#inFlight.delete(done);
         o.onBatch({ extents, bytes, result });

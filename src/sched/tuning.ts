@@ -10,6 +10,11 @@ export const DEFAULT_QUEUE_DEPTH = 16;
 export const DEFAULT_BUFFER_SIZE = 16 << 20;
 /** Default bytes written between paced flushes of the target (0 turns pacing off). */
 export const DEFAULT_FLUSH_EVERY = 256 << 20;
+/**
+ * Bytes each stream of a file-to-file bulk copy walks in order (see {@link streamExtentsFor}).
+ * 32 MiB measured best of 8 to 128 MiB (docs/perf.md, "Bulk copy").
+ */
+export const STREAM_BYTES = 32 << 20;
 /** Smallest and largest chunk a copy may use. */
 export const MIN_CHUNK_SIZE = 4096;
 export const MAX_CHUNK_SIZE = 64 << 20;
@@ -74,4 +79,9 @@ export function resolveTuning(options: Partial<CopyTuning>): CopyTuning {
 /** Extents per task: enough that every worker has `TASKS_PER_WORKER` tasks when the queue is full. */
 export function batchExtentsFor(queueDepth: number, workers: number): number {
   return Math.max(1, Math.ceil(queueDepth / (workers * TASKS_PER_WORKER)));
+}
+
+/** Extents per stream: a region of {@link STREAM_BYTES}, at least one chunk. */
+export function streamExtentsFor(chunkSize: number): number {
+  return Math.max(1, Math.floor(STREAM_BYTES / chunkSize));
 }

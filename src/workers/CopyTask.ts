@@ -13,6 +13,12 @@ export interface CopyTask {
   readonly detectZeroes: boolean;
   /** The target is known to read as zeros over these extents (a fresh file): a zero chunk is skipped unseen. */
   readonly targetIsZero: boolean;
+  /**
+   * Copy the extents one after another, in order (a stream), instead of all at once. A bulk copy
+   * of files runs its queue depth as that many streams over separate regions: the kernel's
+   * readahead then serves each stream's next read (see docs/perf.md, "Bulk copy").
+   */
+  readonly sequential?: boolean;
   /** @internal Tests of the stress test only: pause between each read and its write (see util/preemption.ts). */
   readonly preemptAfterRead?: boolean;
 }

@@ -8,7 +8,7 @@ import { BufferPool } from './BufferPool.js';
 import type { CopyFailure, CopyTask, CopyTaskResult } from './CopyTask.js';
 
 /** What a copy of a batch needs from its task (the device specs are resolved already). */
-export type CopyBatch = Pick<CopyTask, 'extents' | 'detectZeroes' | 'targetIsZero' | 'preemptAfterRead'>;
+export type CopyBatch = Pick<CopyTask, 'extents' | 'detectZeroes' | 'targetIsZero' | 'sequential' | 'preemptAfterRead'>;
 
 interface Totals {
   bytesWritten: number;
@@ -44,9 +44,13 @@ export class ExtentCopier {
     const writeMicros = new Float64Array(count).fill(NaN);
     const failures: CopyFailure[] = [];
     const totals: Totals = { bytesWritten: 0, bytesZero: 0 };
-    const work: Promise<void>[] = [];
-    for (let i = 0; i < count; i++) work.push(this.#copyOne(task, i, readMicros, writeMicros, failures, totals));
-    await Promise.all(work);
+    if (task.sequential) {
+      for (let i = 0; i < count; i++) await this.#copyOne(task, i, readMicros, writeMicros, failures, totals);
+    } else {
+      const work: Promise<void>[] = [];
+      for (let i = 0; i < count; i++) work.push(this.#copyOne(task, i, readMicros, writeMicros, failures, totals));
+      await Promise.all(work);
+    }
     return { bytesWritten: totals.bytesWritten, bytesZero: totals.bytesZero, readMicros, writeMicros, failures };
   }
 

@@ -19,11 +19,11 @@ export function createCopyRunner(
   source: BlockDevice,
   target: BlockDevice,
   sourceSpec: DeviceSpec,
-  workers: number,
+  { workers, tasksPerWorker = TASKS_PER_WORKER }: { workers: number; tasksPerWorker?: number },
 ): { runner: CopyRunner; plan: ConnectionPlan } {
   const plan: ConnectionPlan = workers === 0 ? { inline: true, note: 'copied by the coordinator thread (no worker threads asked for)' } : planConnections(source, target);
   const runner = plan.inline
     ? new InlineCopyRunner(source, target, sourceSpec.kind === 'file' && sourceSpec.direct === true)
-    : new CopyPool({ workers, tasksPerWorker: TASKS_PER_WORKER });
+    : new CopyPool({ workers, tasksPerWorker });
   return { runner, plan };
 }

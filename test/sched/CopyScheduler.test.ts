@@ -85,6 +85,21 @@ describe('CopyScheduler', () => {
     expect(runner.maxInFlight).toBe(5);
   });
 
+  it('in stream mode keeps queueDepth tasks in flight, each a sequential run of batchExtents consecutive extents', async () => {
+    const runner = new HeldRunner();
+    const s = scheduler(runner, { queueDepth: 3, batchExtents: 4, streams: true });
+    const done = s.run(new LinearExtentSource(40 * 1024));
+    await new Promise((r) => setImmediate(r));
+    expect(runner.tasks).toHaveLength(3);
+    expect(s.inFlightOperations).toBe(3);
+    await runner.finishAll(done);
+    for (const task of runner.tasks) {
+      expect(task.sequential).toBe(true);
+      for (let i = 2; i < task.extents.length; i += 2) expect(task.extents[i]).toBe(task.extents[i - 2]! + task.extents[i - 1]!);
+    }
+    expect(runner.tasks.map((t) => t.extents.length / 2)).toEqual([4, 4, 4, 4, 4, 4, 4, 4, 4, 4]);
+  });
+
   it('puts no more than batchExtents extents in one task', async () => {
     const runner = new HeldRunner();
     const s = scheduler(runner, { queueDepth: 64, batchExtents: 3 });
