@@ -1,8 +1,11 @@
 import { BitmapError, ErrorCode, InvalidArgumentError } from '../errors.js';
 import { bitCountFor, COUNT_INDEX, DEFAULT_GRANULARITY, layoutFor, type BitmapLayout } from './BitmapLayout.js';
+import { waitForChange } from '../util/atomicsWait.js';
+import { BitmapSuccession, type Succession } from './BitmapSuccession.js';
 import { lowestBit, maskFrom, maskThrough, popcount32 } from './wordOps.js';
 
 export { DEFAULT_GRANULARITY, MAX_BIT_COUNT, MAX_GRANULARITY, MIN_GRANULARITY } from './BitmapLayout.js';
+export type { Succession } from './BitmapSuccession.js';
 
 /**
  * A bitmap as plain data, for `postMessage`: the shared memory and its geometry. Reopen it on the
@@ -29,46 +32,8 @@ export interface ExtentOptions {
   wrap?: boolean;
 }
 
-/**
- * A frozen bitmap and its successor, from {@link DirtyBitmap.freeze}: our form of QEMU's
- * `bdrv_dirty_bitmap_create_successor` / `abdicate` / `reclaim`.
- *
- * QEMU swaps in a new successor object that writers must switch to. Here writers on other threads
- * keep their handles, so the roles go the other way: the live bitmap stays where it is and becomes
- * the successor (it now records only writes after the freeze), and the bits it had move into the
- * new, read-only `frozen` bitmap.
- * - {@link Succession.commit} is QEMU's *abdicate*: the job succeeded, the frozen bits are dropped
- *   and the successor alone carries on.
- * - {@link Succession.abort} is QEMU's *reclaim*: the job failed, the frozen bits are merged (OR)
- *   back into the successor, so nothing is lost (DESIGN.md invariant 5).
- *
- * The frozen bitmap is read-only; a job that wants to drain it copies it first:
- * `const work = DirtyBitmap.create(size, granularity); work.merge(succession.frozen)`.
- */
-export interface Succession {
-  /** The bits the bitmap had when it was frozen; read-only. */
-  readonly frozen: DirtyBitmap;
-  /** The live bitmap, recording writes since the freeze. */
-  readonly successor: DirtyBitmap;
-  /** `pending` until commit or abort. */
-  readonly state: 'pending' | 'committed' | 'aborted';
-  /** Success: drop the frozen bits. */
-  commit(): void;
-  /** Failure: OR the frozen bits back into the successor. */
-  abort(): void;
-}
-
 /** Count changes are applied at least this often in long operations, so the count never drifts far. */
 const COUNT_FLUSH_BITS = 1 << 15;
-
-/** Atomics.waitAsync is in Node 20 but not in this project's TypeScript lib (ES2023). */
-type WaitAsync = (
-  array: Int32Array,
-  index: number,
-  value: number,
-  timeout?: number,
-) => { async: false; value: 'not-equal' | 'timed-out' } | { async: true; value: Promise<'ok' | 'timed-out'> };
-const waitAsync = (Atomics as unknown as { waitAsync: WaitAsync }).waitAsync;
 
 /**
  * The dirty bitmap: one bit per `granularity` bytes of an image, set when a write lands there and
@@ -578,15 +543,7 @@ export class DirtyBitmap {
    */
   async changed(timeoutMs: number): Promise<boolean> {
     if (!(timeoutMs >= 0)) throw new InvalidArgumentError(ErrorCode.INVALID_OPTION, `timeout must be at least 0 ms, not ${timeoutMs}`);
-    const wait = waitAsync(this.#words, COUNT_INDEX, 0, timeoutMs);
-    if (!wait.async) return wait.value === 'not-equal';
-    // A pending waitAsync does not keep Node's event loop alive; this timer does.
-    const keepAlive = setInterval(() => {}, 2 ** 30);
-    try {
-      return (await wait.value) === 'ok';
-    } finally {
-      clearInterval(keepAlive);
-    }
+    return waitForChange(this.#words, COUNT_INDEX, 0, timeoutMs);
   }
 
   // ---- helpers ----------------------------------------------------------------------------
@@ -642,36 +599,4 @@ function depositBits(out: Uint32Array, at: number, bits: number): void {
 
 function frozenError(): BitmapError {
   return new BitmapError(ErrorCode.BITMAP_STATE, 'the bitmap is frozen: it cannot be marked or cleared');
-}
-
-/** The {@link Succession} that {@link DirtyBitmap.freeze} returns. */
-class BitmapSuccession implements Succession {
-  readonly frozen: DirtyBitmap;
-  readonly successor: DirtyBitmap;
-  #state: 'pending' | 'committed' | 'aborted' = 'pending';
-
-  constructor(frozen: DirtyBitmap, successor: DirtyBitmap) {
-    this.frozen = frozen;
-    this.successor = successor;
-  }
-
-  get state(): 'pending' | 'committed' | 'aborted' {
-    return this.#state;
-  }
-
-  commit(): void {
-    this.#settle('committed');
-  }
-
-  abort(): void {
-    this.#settle('aborted');
-    this.successor.merge(this.frozen);
-  }
-
-  #settle(to: 'committed' | 'aborted'): void {
-    if (this.#state !== 'pending') {
-      throw new BitmapError(ErrorCode.BITMAP_STATE, `the succession is already ${this.#state}`);
-    }
-    this.#state = to;
-  }
 }

@@ -132,6 +132,35 @@ describe('MirrorController', () => {
     expect(copier.scheduler.options.queueDepth).toBe(last.queueDepth);
   });
 
+  it('copies at full pace while nobody writes, and measures the baseline once the application starts', () => {
+    const job = new FakeJob();
+    job.backlogBytes = 1e12;
+    const copier = fakeCopier();
+    const paces: Array<number | undefined> = [];
+    copier.setPace = (pace: number | undefined) => void paces.push(pace);
+    const c = new MirrorController(job, {
+      copier,
+      gate: WriterGate.create(),
+      workers: 2,
+      limits: { minChunk: 64 * 1024, maxChunk: 8 * MiB, maxInFlight: 16 * MiB, maxQueueDepth: 32 },
+      initial: { chunkSize: MiB, inFlight: 16 * MiB },
+      adaptive: true,
+      latencyTargetMs: undefined,
+      onNoConvergence: 'report',
+      readyBacklogSeconds: 1,
+    });
+    for (let t = 0; t <= 1000; t += 100) c.tick(t); // no application writes
+    expect(c.latencyTargetMicros).toBeUndefined();
+    expect(paces.at(-1)).toBeUndefined(); // the crawl was lifted
+    for (let t = 1100; t <= 1500; t += 100) {
+      for (let i = 0; i < 20; i++) c.appLatency.record(300);
+      c.tick(t);
+    }
+    expect(paces).toContain(1 << 20); // crawled while measuring
+    expect(c.latencyTargetMicros).toBeGreaterThanOrEqual(600 * 0.98);
+    expect(c.latencyTargetMicros).toBeLessThanOrEqual(600 * 1.02);
+  });
+
   it('without a given target, measures the application p99 before ramping up and aims at twice it', () => {
     const job = new FakeJob();
     job.backlogBytes = 1e12;
