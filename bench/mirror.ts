@@ -5,8 +5,10 @@
  * without the mirror (the same export over the plain image), and the tuner's chunk sizes.
  *
  *   npm run bench:mirror -- [--size 4G] [--policies report,write-blocking,throttle]
- *                           [--rates max,5000,20000] [--seconds 20] [--granularity 64K] [--latency-target MS]
- *                           [--dir DIR] [--json FILE]
+ *                           [--rates max,5000,20000] [--seconds 20] [--runs 1] [--granularity 64K]
+ *                           [--latency-target MS] [--dir DIR] [--json FILE]
+ *
+ * With several runs, policies alternate within each run and the table shows medians.
  */
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -20,7 +22,7 @@ import { startMirror, type NoConvergencePolicy, type TuningDecision } from '../s
 import { makeSampleImage } from '../src/util/imageTools.js';
 import { formatBytes, parseSize } from '../src/util/size.js';
 import { machineInfo } from './lib/machine.js';
-import { markdownTable } from './lib/stats.js';
+import { markdownTable, median } from './lib/stats.js';
 
 /** What fio reports of its writes. Latencies in µs. */
 interface WriterStats {
@@ -73,6 +75,7 @@ async function writeThrough(device: BlockDevice, socket: string, size: number, s
 interface MirrorBenchResult {
   readonly policy: NoConvergencePolicy;
   readonly rate: string;
+  readonly run: number;
   readonly readySeconds: number | null;
   /** Bytes copied until ready, per image byte. */
   readonly copiedPerImageByte: number;
@@ -125,6 +128,7 @@ async function main(): Promise<void> {
       policies: { type: 'string', default: 'report,write-blocking,throttle' },
       rates: { type: 'string', default: 'max,5000,20000' },
       seconds: { type: 'string', default: '20' },
+      runs: { type: 'string', default: '1' },
       granularity: { type: 'string' },
       'latency-target': { type: 'string' },
       dir: { type: 'string', default: join(process.cwd(), '.bm-bench') },
@@ -133,6 +137,7 @@ async function main(): Promise<void> {
   });
   const size = parseSize(values.size!, '--size');
   const seconds = Number(values.seconds);
+  const runs = Number(values.runs);
   const dir = resolve(values.dir!);
   await mkdir(dir, { recursive: true });
   const src = join(dir, 'mirror-src.img');
@@ -149,36 +154,54 @@ async function main(): Promise<void> {
     const baseline = await writeThrough(plain, socket, size, Math.min(seconds, 10), iops);
     await plain.close();
     console.error(`fio alone (${rate} IOPS asked): ${baseline.iops.toFixed(0)} IOPS, p99 ${ms(baseline.p99)} ms`);
-    for (const policy of values.policies!.split(',') as NoConvergencePolicy[]) {
-      const granularity = values.granularity === undefined ? undefined : parseSize(values.granularity, '--granularity');
-      const target = values['latency-target'] === undefined ? undefined : Number(values['latency-target']);
-      const r = await mirrorRun(src, dst, socket, size, policy, seconds, iops, granularity, target);
-      console.error(
-        `  ${policy}: ready ${r.readySeconds?.toFixed(1) ?? 'never'} s, copied ${r.copiedPerImageByte.toFixed(2)}× the image, ` +
-          `${r.writer.iops.toFixed(0)} IOPS (${((100 * r.writer.iops) / baseline.iops).toFixed(0)} % of unmirrored), p99 ${ms(r.writer.p99)} ms`,
-      );
-      results.push({ policy, rate, ...r, baseline });
+    for (let run = 1; run <= runs; run++) {
+      for (const policy of values.policies!.split(',') as NoConvergencePolicy[]) {
+        const granularity = values.granularity === undefined ? undefined : parseSize(values.granularity, '--granularity');
+        const target = values['latency-target'] === undefined ? undefined : Number(values['latency-target']);
+        const r = await mirrorRun(src, dst, socket, size, policy, seconds, iops, granularity, target);
+        console.error(
+          `  run ${run} ${policy}: ready ${r.readySeconds?.toFixed(1) ?? 'never'} s, copied ${r.copiedPerImageByte.toFixed(2)}× the image, ` +
+            `${r.writer.iops.toFixed(0)} IOPS (${((100 * r.writer.iops) / baseline.iops).toFixed(0)} % of unmirrored), p99 ${ms(r.writer.p99)} ms`,
+        );
+        results.push({ policy, rate, run, ...r, baseline });
+      }
     }
   }
   console.log(
     markdownTable(
       ['writer', 'policy', 'ready (s)', 'copied / image', 'IOPS (unmirrored)', 'p50 / p99 / p99.9 ms (unmirrored)', 'mode at end', 'chunk sizes (every 0.5 s)'],
-      results.map((r) => [
-        r.rate === 'max' ? 'unthrottled' : `${r.rate} IOPS`,
-        r.policy,
-        r.readySeconds === null ? 'never' : r.readySeconds.toFixed(1),
-        r.copiedPerImageByte.toFixed(2),
-        `${r.writer.iops.toFixed(0)} (${r.baseline.iops.toFixed(0)}, ${((100 * r.writer.iops) / r.baseline.iops).toFixed(0)} %)`,
-        `${ms(r.writer.p50)} / ${ms(r.writer.p99)} / ${ms(r.writer.p999)} (${ms(r.baseline.p50)} / ${ms(r.baseline.p99)} / ${ms(r.baseline.p999)})`,
-        r.copyModeAtEnd,
-        compress(r.chunkSizes.map((c) => formatBytes(c))),
-      ]),
+      summarize(results).map(({ first: r, all, last }) => {
+        const ready = median(all.map((x) => x.readySeconds ?? Number.POSITIVE_INFINITY));
+        const iops = median(all.map((x) => x.writer.iops));
+        const each = (f: (x: MirrorBenchResult) => string): string => (all.length > 1 ? ` (${all.map(f).join(' / ')})` : '');
+        return [
+          r.rate === 'max' ? 'unthrottled' : `${r.rate} IOPS`,
+          r.policy,
+          (Number.isFinite(ready) ? ready.toFixed(1) : 'never') + each((x) => x.readySeconds?.toFixed(1) ?? 'never'),
+          median(all.map((x) => x.copiedPerImageByte)).toFixed(2) + each((x) => x.copiedPerImageByte.toFixed(2)),
+          `${iops.toFixed(0)} (${r.baseline.iops.toFixed(0)}, ${((100 * iops) / r.baseline.iops).toFixed(0)} %)`,
+          `${ms(median(all.map((x) => x.writer.p50)))} / ${ms(median(all.map((x) => x.writer.p99)))} / ${ms(median(all.map((x) => x.writer.p999)))} ` +
+            `(${ms(r.baseline.p50)} / ${ms(r.baseline.p99)} / ${ms(r.baseline.p999)})`,
+          last.copyModeAtEnd,
+          compress(last.chunkSizes.map((c) => formatBytes(c))),
+        ];
+      }),
     ),
   );
   if (values.json) {
     await writeFile(values.json, `${JSON.stringify({ kind: 'mirror', date: new Date().toISOString(), machine: machineInfo(dir), size, seconds, results }, null, 2)}\n`);
   }
   await rm(dst, { force: true });
+}
+
+/** The runs of each writer rate and policy, in the order they first ran; medians over `all`. */
+function summarize(results: readonly MirrorBenchResult[]) {
+  const groups = new Map<string, MirrorBenchResult[]>();
+  for (const r of results) {
+    const key = `${r.rate}/${r.policy}`;
+    groups.set(key, [...(groups.get(key) ?? []), r]);
+  }
+  return [...groups.values()].map((all) => ({ first: all[0]!, last: all.at(-1)!, all }));
 }
 
 /** `a a a b b a` → `a×3 → b×2 → a`. */
