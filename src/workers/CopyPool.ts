@@ -26,6 +26,12 @@ export class CopyPool {
       // Workers keep file handles open between tasks, so they must not block in Atomics.wait.
       atomics: 'disabled',
       idleTimeout: Number.POSITIVE_INFINITY,
+      // piscina loads a worker module with require() first; Node 20's require(esm) can abort the
+      // process (V8 "IsGraphAsync ... instantiated module", a known race in Node's loader), so
+      // workers get import() only.
+      execArgv: process.allowedNodeEnvironmentFlags.has('--experimental-require-module')
+        ? [...process.execArgv, '--no-experimental-require-module']
+        : process.execArgv,
     });
   }
 
