@@ -87,13 +87,15 @@ export async function copyImage(source: string, target: string, options: CopyOpt
     const { created } = await prepareTarget(targetSpec, sourceSpec, src.size);
     dst = await openDevice(targetSpec);
     checkTargetSize(target, dst.size, src.size);
+    const streams = copiesInStreams(sourceSpec, targetSpec, tuning);
     // Every stream is one task, so each worker must run its share of them at once.
-    const tasksPerWorker = copiesInStreams(sourceSpec, targetSpec, tuning) ? Math.ceil(tuning.queueDepth / tuning.workers) : TASKS_PER_WORKER;
+    const tasksPerWorker = streams ? Math.ceil(tuning.queueDepth / tuning.workers) : TASKS_PER_WORKER;
     const { runner, plan } = createCopyRunner(src, dst, sourceSpec, { workers: tuning.workers, tasksPerWorker });
     const runTuning = plan.inline ? { ...tuning, workers: 1 } : tuning;
     const run = new BulkCopy(sourceSpec, targetSpec, src, dst, runTuning, runner, {
       detectZeroes: options.detectZeroes ?? true,
       targetIsZero: created || options.targetIsZero === true,
+      streams,
       started,
     });
     await run.run(options);
@@ -125,6 +127,8 @@ function copiesInStreams(sourceSpec: DeviceSpec, targetSpec: DeviceSpec, tuning:
 interface BulkCopySettings {
   readonly detectZeroes: boolean;
   readonly targetIsZero: boolean;
+  /** Tasks are streams (see {@link copiesInStreams}). */
+  readonly streams: boolean;
   readonly started: number;
 }
 
@@ -155,7 +159,7 @@ class BulkCopy {
     const { tuning, source, target, pool } = this;
     const pacer = new WritebackPacer(() => target.flush(), tuning.flushEvery);
     const chunkSize = Math.min(tuning.chunkSize, target.maxRequest, source.maxRequest);
-    const streams = copiesInStreams(this.sourceSpec, this.targetSpec, tuning);
+    const { streams } = this.settings;
     const scheduler = new CopyScheduler({
       pool,
       source: this.sourceSpec,

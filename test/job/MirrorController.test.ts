@@ -46,9 +46,10 @@ function fakeCopier() {
   };
 }
 
-function controller(job: FakeJob, policy: NoConvergencePolicy = 'report', extra: { latencyTargetMs?: number } = {}) {
+/** A controller over `job`; `latencyTargetMs` defaults to 5, and `undefined` given means "measure it". */
+function controller(job: FakeJob, policy: NoConvergencePolicy = 'report', extra: { latencyTargetMs?: number; copier?: ReturnType<typeof fakeCopier> } = {}) {
   const gate = WriterGate.create();
-  const copier = fakeCopier();
+  const copier = extra.copier ?? fakeCopier();
   const c = new MirrorController(job, {
     copier,
     gate,
@@ -56,7 +57,7 @@ function controller(job: FakeJob, policy: NoConvergencePolicy = 'report', extra:
     limits: { minChunk: 64 * 1024, maxChunk: 8 * MiB, maxInFlight: 16 * MiB, maxQueueDepth: 32 },
     initial: { chunkSize: MiB, inFlight: 16 * MiB },
     adaptive: true,
-    latencyTargetMs: extra.latencyTargetMs ?? 5,
+    latencyTargetMs: 'latencyTargetMs' in extra ? extra.latencyTargetMs : 5,
     onNoConvergence: policy,
     readyBacklogSeconds: 1,
   });
@@ -138,17 +139,7 @@ describe('MirrorController', () => {
     const copier = fakeCopier();
     const paces: Array<number | undefined> = [];
     copier.setPace = (pace: number | undefined) => void paces.push(pace);
-    const c = new MirrorController(job, {
-      copier,
-      gate: WriterGate.create(),
-      workers: 2,
-      limits: { minChunk: 64 * 1024, maxChunk: 8 * MiB, maxInFlight: 16 * MiB, maxQueueDepth: 32 },
-      initial: { chunkSize: MiB, inFlight: 16 * MiB },
-      adaptive: true,
-      latencyTargetMs: undefined,
-      onNoConvergence: 'report',
-      readyBacklogSeconds: 1,
-    });
+    const { c } = controller(job, 'report', { latencyTargetMs: undefined, copier });
     for (let t = 0; t <= 1000; t += 100) c.tick(t); // no application writes
     expect(c.latencyTargetMicros).toBeUndefined();
     expect(paces.at(-1)).toBeUndefined(); // the crawl was lifted
@@ -164,18 +155,7 @@ describe('MirrorController', () => {
   it('without a given target, measures the application p99 before ramping up and aims at twice it', () => {
     const job = new FakeJob();
     job.backlogBytes = 1e12;
-    const gate = WriterGate.create();
-    const c = new MirrorController(job, {
-      copier: fakeCopier(),
-      gate,
-      workers: 2,
-      limits: { minChunk: 64 * 1024, maxChunk: 8 * MiB, maxInFlight: 16 * MiB, maxQueueDepth: 32 },
-      initial: { chunkSize: MiB, inFlight: 16 * MiB },
-      adaptive: true,
-      latencyTargetMs: undefined,
-      onNoConvergence: 'report',
-      readyBacklogSeconds: 1,
-    });
+    const { c } = controller(job, 'report', { latencyTargetMs: undefined });
     for (let t = 0; t <= 400; t += 100) {
       for (let i = 0; i < 20; i++) c.appLatency.record(200);
       c.tick(t);
