@@ -3,6 +3,6 @@
  * guard they break, as a preempted thread would: it makes the race they open show up in a
  * short test. Never used outside those hooks.
  */
-export function preemption(): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, 1));
+export function preemption(ms = 1): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
 }

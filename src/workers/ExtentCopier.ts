@@ -7,6 +7,9 @@ import { isAllZero } from '../util/zero.js';
 import { BufferPool } from './BufferPool.js';
 import type { CopyFailure, CopyTask, CopyTaskResult } from './CopyTask.js';
 
+/** The preemptAfterRead hook's pause: a write-blocking write (two writes) must fit in it under load. */
+const COPY_PREEMPTION_MS = 10;
+
 /** What a copy of a batch needs from its task (the device specs are resolved already). */
 export type CopyBatch = Pick<CopyTask, 'extents' | 'detectZeroes' | 'targetIsZero' | 'sequential' | 'preemptAfterRead'>;
 
@@ -75,7 +78,8 @@ export class ExtentCopier {
       else if (!task.targetIsZero && !target.efficientZeroes) buf.fill(0); // zeroTarget may write it
       const t1 = performance.now();
       readMicros[index] = (t1 - t0) * 1000;
-      if (task.preemptAfterRead) await preemption();
+      // Wide enough that a write can land on both sides in between, even on a loaded machine.
+      if (task.preemptAfterRead) await preemption(COPY_PREEMPTION_MS);
       operation = 'write';
       if (task.detectZeroes && (knownZero || isAllZero(buf))) {
         totals.bytesZero += length;
