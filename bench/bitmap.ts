@@ -72,7 +72,8 @@ async function singleThreadTasks(rows: ResultRow[]): Promise<void> {
       {
         beforeEach: () => {
           batch = offsets[round++ & 15]!;
-          added = Array.from(batch, (offset) => Math.floor(offset / GRANULARITY)).filter((bit) => !marking.isDirty(bit * GRANULARITY, 1));
+          // Asked of `base` (the same bits): a search of `marking` would drop its stale summary bits.
+          added = Array.from(batch, (offset) => Math.floor(offset / GRANULARITY)).filter((bit) => !base.isDirty(bit * GRANULARITY, 1));
         },
         afterEach: () => {
           for (const bit of added) marking.testAndClear(bit, 1);

@@ -68,6 +68,8 @@ export class DirtyBitmap {
   /** Index of level 0's first word. */
   readonly #base: number;
   readonly #frozen: boolean;
+  /** 1 / granularity: a multiply finds a byte's bit faster than a divide. */
+  readonly #perByte: number;
   #succession: Succession | undefined;
 
   private constructor(size: number, granularity: number, layout: BitmapLayout, buffer: SharedArrayBuffer, frozen: boolean) {
@@ -81,6 +83,7 @@ export class DirtyBitmap {
     this.#top = layout.top;
     this.#base = layout.levelStart[0]!;
     this.#frozen = frozen;
+    this.#perByte = 1 / granularity;
   }
 
   /**
@@ -158,8 +161,12 @@ export class DirtyBitmap {
     if (!(offset >= 0 && length >= 0 && end <= this.size)) throw this.#byteRangeError(offset, length);
     if (length === 0) return;
     if (this.#frozen) throw frozenError();
-    const g = this.granularity;
-    this.#setBits(Math.floor(offset / g), Math.floor((end - 1) / g));
+    // Exact: the granularity is a power of two, so its inverse is too.
+    const first = Math.floor(offset * this.#perByte);
+    const last = Math.floor((end - 1) * this.#perByte);
+    // The single-word test here, not in #setBits: that one is too big to be inlined.
+    if (first >>> 5 === last >>> 5) this.#setBitsInWord(first, last);
+    else this.#setBits(first, last);
   }
 
   /** Marks `count` bits from `firstBit`. */
@@ -180,12 +187,7 @@ export class DirtyBitmap {
   #setBits(first: number, last: number): void {
     const w0 = first >>> 5;
     const w1 = last >>> 5;
-    if (w0 === w1) {
-      // The hot path: a write inside one word.
-      const newly = this.#orWord(w0, maskFrom(first & 31) & maskThrough(last & 31));
-      if (newly !== 0) this.#flushCount(popcount32(newly));
-      return;
-    }
+    if (w0 === w1) return this.#setBitsInWord(first, last);
     let added = popcount32(this.#orWord(w0, maskFrom(first & 31)));
     for (let w = w0 + 1; w < w1; w++) {
       added += popcount32(this.#orWord(w, -1));
@@ -195,14 +197,21 @@ export class DirtyBitmap {
     this.#flushCount(added);
   }
 
+  /** The hot path, small enough to be inlined: bits `first..last` of one word (most writes). */
+  #setBitsInWord(first: number, last: number): void {
+    const newly = this.#orWord(first >>> 5, maskFrom(first & 31) & maskThrough(last & 31));
+    if (newly !== 0) this.#flushCount(first === last ? 1 : popcount32(newly));
+  }
+
   /** ORs `mask` into level-0 word `w`; returns the bits it newly set. The caller counts them. */
   #orWord(w: number, mask: number): number {
     const a = this.#words;
     const i = this.#base + w;
-    // Already set: skip the locked RMW. The SC load still orders this mark before any later
-    // clear, so a copier that clears afterwards reads the source after our write (invariant 1).
-    const seen = Atomics.load(a, i);
-    if ((seen & mask) === mask) return 0;
+    // Already set: skip the locked RMW. A plain read is enough here, and Atomics.load is a call
+    // that costs as much as the RMW on Node 20. A stale "set" cannot be read: the caller's write
+    // to the image completed (through libuv's locks) after any clear that a copier ordered before
+    // its read of that range, so this read sees that clear (DESIGN.md invariant 1).
+    if ((a[i]! & mask) === mask) return 0;
     const old = Atomics.or(a, i, mask);
     // Only the 0 → non-zero transition raises the summary: whoever made it raises it.
     if (old === 0 && this.#top > 0) this.#raiseSummary(1, w);
@@ -217,7 +226,8 @@ export class DirtyBitmap {
   #raiseSummary(level: number, child: number): void {
     const a = this.#words;
     const starts = this.#levelStart;
-    for (let k = level; k <= this.#top; k++) {
+    const top = this.#top;
+    for (let k = level; k <= top; k++) {
       const old = Atomics.or(a, starts[k]! + (child >>> 5), 1 << (child & 31));
       if (old !== 0) return;
       child >>>= 5;
