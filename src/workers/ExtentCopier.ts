@@ -8,7 +8,7 @@ import { BufferPool } from './BufferPool.js';
 import type { CopyFailure, CopyTask, CopyTaskResult } from './CopyTask.js';
 
 /** The preemptAfterRead hook's pause: a write-blocking write (two writes) must fit in it under load. */
-const COPY_PREEMPTION_MS = 10;
+const COPY_PREEMPTION_MS = 30;
 
 /** What a copy of a batch needs from its task (the device specs are resolved already). */
 export type CopyBatch = Pick<CopyTask, 'extents' | 'detectZeroes' | 'targetIsZero' | 'sequential' | 'preemptAfterRead'>;
