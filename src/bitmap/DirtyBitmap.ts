@@ -226,8 +226,7 @@ export class DirtyBitmap {
   #raiseSummary(level: number, child: number): void {
     const a = this.#words;
     const starts = this.#levelStart;
-    const top = this.#top;
-    for (let k = level; k <= top; k++) {
+    for (let k = level; k <= this.#top; k++) {
       const old = Atomics.or(a, starts[k]! + (child >>> 5), 1 << (child & 31));
       if (old !== 0) return;
       child >>>= 5;

@@ -2,13 +2,10 @@ import { performance } from 'node:perf_hooks';
 import { errnoOf } from '../errors.js';
 import { AllocationMap } from '../io/AllocationMap.js';
 import type { BlockDevice } from '../io/BlockDevice.js';
-import { preemption } from '../util/preemption.js';
+import { COPY_PREEMPTION_MS, preemption } from '../util/preemption.js';
 import { isAllZero } from '../util/zero.js';
 import { BufferPool } from './BufferPool.js';
 import type { CopyFailure, CopyTask, CopyTaskResult } from './CopyTask.js';
-
-/** The preemptAfterRead hook's pause: a write-blocking write (two writes) must fit in it under load. */
-const COPY_PREEMPTION_MS = 30;
 
 /** What a copy of a batch needs from its task (the device specs are resolved already). */
 export type CopyBatch = Pick<CopyTask, 'extents' | 'detectZeroes' | 'targetIsZero' | 'sequential' | 'preemptAfterRead'>;
@@ -78,7 +75,6 @@ export class ExtentCopier {
       else if (!task.targetIsZero && !target.efficientZeroes) buf.fill(0); // zeroTarget may write it
       const t1 = performance.now();
       readMicros[index] = (t1 - t0) * 1000;
-      // Wide enough that a write can land on both sides in between, even on a loaded machine.
       if (task.preemptAfterRead) await preemption(COPY_PREEMPTION_MS);
       operation = 'write';
       if (task.detectZeroes && (knownZero || isAllZero(buf))) {
