@@ -316,6 +316,15 @@ export class DirtyBitmap {
     return bit >= 0 && bit <= Math.floor((end - 1) / g);
   }
 
+  /** True when every bit the byte range touches is set. Length 0: false. Past the end: throws. */
+  allDirty(offset: number, length: number): boolean {
+    const end = offset + length;
+    if (!(offset >= 0 && length >= 0 && end <= this.size)) throw this.#byteRangeError(offset, length);
+    if (length === 0) return false;
+    const last = Math.floor((end - 1) * this.#perByte);
+    return this.#findClear(Math.floor(offset * this.#perByte), last + 1) === last + 1;
+  }
+
   /**
    * Number of set bits, read in O(1). Exact whenever no mark or clear is under way; during one it
    * may lag by the bits that operation has changed but not yet counted (never below 0).

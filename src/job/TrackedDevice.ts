@@ -49,8 +49,10 @@ export interface TrackedDeviceParts {
  * The write interceptor: the application does its I/O through this device while the job runs.
  * Reads come from the source (from the target after a pivot). In background mode a write goes to
  * the source and then marks its range dirty (invariant 1: mark after write). In write-blocking
- * mode it waits for overlapping copies, goes to source and target together, and is acknowledged
- * only when both have it (invariant 3). Once the job has ended, writes pass straight through.
+ * mode it waits for overlapping copies and writes (invariant 3), goes to source and target
+ * together, and is acknowledged only when both have it; a write whose granules are all still
+ * dirty goes to the source alone, as in background mode, since the copier has yet to copy them
+ * anyway. Once the job has ended, writes pass straight through.
  */
 export class TrackedDevice {
   readonly size: number;
@@ -200,6 +202,17 @@ export class TrackedDevice {
     const { source, target, bitmap, locks, listener, testHooks } = this.#p;
     const release = testHooks?.skipWriteBlockingWait ? () => {} : await locks.acquireWrite(offset, offset + length);
     try {
+      if (bitmap.allDirty(offset, length)) {
+        // Every granule it touches is still to be copied, and none is being copied (the lock): the
+        // copier will carry this write to the target, so the source alone takes it, marked after
+        // (invariant 1). The backlog does not grow, and the write costs one I/O instead of two.
+        try {
+          await op(source);
+        } finally {
+          bitmap.mark(offset, length);
+        }
+        return;
+      }
       const [src, dst] = await Promise.allSettled([op(source), op(target)]);
       if (src.status === 'rejected' || dst.status === 'rejected') {
         // Either side may now differ from the other over this range: let the copier redo it.

@@ -156,6 +156,8 @@ function runSeed(seed: number): void {
       const first = Math.floor(offset / granularity);
       const expected = length > 0 && model.nextDirty(first, Math.floor((offset + length - 1) / granularity) + 1) >= 0;
       same(bm.isDirty(offset, length), expected, where);
+      const last = Math.floor((offset + length - 1) / granularity);
+      same(bm.allDirty(offset, length), length > 0 && model.nextClean(first, last + 1) > last, where);
     } else if (roll < 0.72) {
       const fromBit = bit();
       const bytes = maxBytes();

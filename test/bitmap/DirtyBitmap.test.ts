@@ -243,6 +243,17 @@ describe('DirtyBitmap queries', () => {
     expect(bm.isDirty(4 * G, 0)).toBe(false);
   });
 
+  it('allDirty tells whether every bit a byte range touches is set', () => {
+    const bm = withBits(70, [3, 4, 5, 31, 32, 33]);
+    expect(bm.allDirty(3 * G, 3 * G)).toBe(true);
+    expect(bm.allDirty(3 * G + 100, 2 * G)).toBe(true);
+    expect(bm.allDirty(2 * G, 2 * G)).toBe(false);
+    expect(bm.allDirty(5 * G, G + 1)).toBe(false);
+    expect(bm.allDirty(31 * G, 3 * G)).toBe(true);
+    expect(bm.allDirty(31 * G, 4 * G)).toBe(false);
+    expect(bm.allDirty(4 * G, 0)).toBe(false);
+  });
+
   it('dirtyBytes clips the partial last bit', () => {
     const bm = DirtyBitmap.create(ODD_SIZE, G);
     bm.markBits(9, 2);
