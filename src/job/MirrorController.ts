@@ -54,8 +54,12 @@ export interface MirrorControllerOptions {
 
 /** Decisions are taken this often, each from the window since the last. */
 export const CONTROL_INTERVAL_MS = 100;
-/** Before ramping up, the copier crawls this long while the application's own p99 is measured. */
-const BASELINE_MS = 300;
+/**
+ * Before ramping up, the copier crawls this long while the application's own p99 is measured: ten
+ * windows, so that the median window can leave out the job's own start (its worker threads
+ * starting up) and the writer's.
+ */
+const BASELINE_MS = 1000;
 /** At least this many application writes make a baseline. */
 const BASELINE_MIN_WRITES = 30;
 /** A window with this many application writes, and no target yet, starts a baseline measurement. */
@@ -78,6 +82,13 @@ const THROTTLE_RAISE_MARGIN = 1.5;
 /** ...and eases off once it cleans more than this multiple. */
 const THROTTLE_EASE_MARGIN = 3;
 
+/** A baseline measurement under way: since when, the writes seen, each window's p99 (µs). */
+interface Baseline {
+  readonly since: number;
+  writes: number;
+  readonly p99s: number[];
+}
+
 /**
  * The job's control loop (every 100 ms): feeds the chunk tuner and the convergence detector from
  * the last window, applies the tuner's chunk size and depth to the copier, acts on
@@ -99,7 +110,7 @@ export class MirrorController {
    * The latency target's source: `done` once known (given, or measured); `idle` while no
    * application writes have been seen to measure; a measurement in progress otherwise.
    */
-  #baseline: 'done' | 'idle' | { since: number; writes: number; p99: number };
+  #baseline: 'done' | 'idle' | Baseline;
   #lastThrottleStep = 0;
   #switching = false;
 
@@ -107,7 +118,7 @@ export class MirrorController {
     this.#job = job;
     this.#o = options;
     const target = options.latencyTargetMs === undefined ? undefined : options.latencyTargetMs * 1000;
-    this.#baseline = target !== undefined || !options.adaptive ? 'done' : { since: 0, writes: 0, p99: 0 };
+    this.#baseline = target !== undefined || !options.adaptive ? 'done' : { since: 0, writes: 0, p99s: [] };
     this.#tuner = new ChunkTuner(options.limits, options.initial, target);
   }
 
@@ -138,12 +149,14 @@ export class MirrorController {
     const last = this.#last ?? { at: this.#started, copied: 0 };
     this.#last = { at: nowMs, copied: copiedBytes };
     const app = this.appLatency.take();
+    const dispatched = this.#o.copier.scheduler.takeDispatched();
     this.#tune(nowMs, {
       seconds: (nowMs - last.at) / 1000,
       bytesCopied: copiedBytes - last.copied,
       backlogBytes,
       app,
       rateLimited: this.#o.copier.scheduler.takeRateLimited() && this.#o.copier.limitedByUser,
+      ...(dispatched.extents > 0 ? { meanExtentBytes: dispatched.bytes / dispatched.extents } : {}),
     });
     this.#converge(nowMs, backlogBytes, copiedBytes);
   }
@@ -167,15 +180,15 @@ export class MirrorController {
 
   /** Holds the copier to a crawl while the application's own write latency is measured. */
   #beginBaseline(nowMs: number): void {
-    this.#baseline = { since: nowMs, writes: 0, p99: 0 };
+    this.#baseline = { since: nowMs, writes: 0, p99s: [] };
     this.#apply(this.#o.initial.chunkSize, 1);
     this.#o.copier.setPace(BASELINE_PACE);
   }
 
-  /** The application's p99 with the copier barely running: the default target is twice it. */
-  #collectBaseline(nowMs: number, b: { since: number; writes: number; p99: number }, app: LatencyStats): void {
+  /** The application's p99 with the copier barely running, the median window's: the default target is twice it. */
+  #collectBaseline(nowMs: number, b: Baseline, app: LatencyStats): void {
     if (app.count > 0) {
-      b.p99 = Math.max(b.p99, app.p99);
+      b.p99s.push(app.p99);
       b.writes += app.count;
     }
     if (nowMs - b.since < BASELINE_MS) return;
@@ -189,7 +202,8 @@ export class MirrorController {
     this.#baseline = 'done';
     // Ramp up from one chunk in flight, a step at a time, under the measured target.
     const { chunkSize } = this.#o.initial;
-    this.#tuner = new ChunkTuner(this.#o.limits, { chunkSize, inFlight: chunkSize }, TARGET_OVER_BASELINE * b.p99);
+    const p99s = b.p99s.sort((x, y) => x - y);
+    this.#tuner = new ChunkTuner(this.#o.limits, { chunkSize, inFlight: chunkSize }, TARGET_OVER_BASELINE * p99s[p99s.length >> 1]!);
   }
 
   #apply(chunkSize: number, queueDepth: number): void {

@@ -22,6 +22,12 @@ export interface TunerWindow {
   readonly app: LatencyStats;
   /** The user's speed limit, not the tuner's own pace, held the copier back during the window. */
   readonly rateLimited: boolean;
+  /**
+   * Mean size of the extents dispatched in the window (none: a chunk). Scattered dirty granules
+   * make extents far smaller than a chunk; the depth then counts them, so that the bytes in flight,
+   * not the operations, stay what the tuner chose.
+   */
+  readonly meanExtentBytes?: number;
 }
 
 /** Why the tuner did what it did. */
@@ -88,6 +94,7 @@ export class ChunkTuner {
   #inFlight: number;
   #pace: number | undefined;
   #best = 0;
+  #extentBytes: number | undefined;
   #target: number | undefined;
   #direction: 1 | -1 = 1;
   #lastThroughput: number | undefined;
@@ -105,7 +112,12 @@ export class ChunkTuner {
   }
 
   get queueDepth(): number {
-    return clamp(Math.round(this.#inFlight / this.#chunk), 1, this.#limits.maxQueueDepth);
+    return clamp(Math.round(this.#inFlight / this.#unit), 1, this.#limits.maxQueueDepth);
+  }
+
+  /** Bytes one operation moves: a chunk, or less when the extents are smaller. */
+  get #unit(): number {
+    return Math.min(this.#chunk, this.#extentBytes ?? this.#chunk);
   }
 
   /** The copy rate the tuner holds the copier to (undefined: none). */
@@ -119,6 +131,7 @@ export class ChunkTuner {
   }
 
   decide(w: TunerWindow): TuningDecision {
+    if (w.meanExtentBytes !== undefined && w.meanExtentBytes > 0) this.#extentBytes = w.meanExtentBytes;
     const throughput = w.seconds > 0 ? w.bytesCopied / w.seconds : 0;
     this.#best = Math.max(this.#best, throughput);
     const p99 = w.app.count >= MIN_SAMPLES ? w.app.p99 : undefined;
@@ -135,7 +148,7 @@ export class ChunkTuner {
 
     if (this.#target !== undefined && p99 !== undefined && p99 > this.#target) {
       if (this.queueDepth > 1) {
-        this.#inFlight = Math.max(this.#chunk, Math.floor(this.#inFlight * BACKOFF));
+        this.#inFlight = Math.max(this.#unit, Math.floor(this.#inFlight * BACKOFF));
       } else {
         const floor = Math.max(MIN_PACE, MIN_PACE_SHARE * this.#best);
         this.#pace = Math.max(floor, (this.#pace ?? Math.max(throughput, floor)) * BACKOFF);

@@ -69,6 +69,7 @@ export class CopyScheduler {
   #paused = false;
   #wake: (() => void) | undefined;
   #rateLimited = false;
+  #dispatched = { extents: 0, bytes: 0 };
 
   constructor(options: CopySchedulerOptions) {
     this.options = options;
@@ -80,6 +81,13 @@ export class CopyScheduler {
 
   get inFlightOperations(): number {
     return this.#inFlightOperations;
+  }
+
+  /** Extents and bytes dispatched since the last call (the tuner's window): their mean size sets the depth. */
+  takeDispatched(): { extents: number; bytes: number } {
+    const d = this.#dispatched;
+    this.#dispatched = { extents: 0, bytes: 0 };
+    return d;
   }
 
   /** True if the rate limit made the loop wait since the last call (the tuner's window). */
@@ -162,6 +170,8 @@ export class CopyScheduler {
     const operations = o.streams ? 1 : count;
     this.#inFlightOperations += operations;
     this.#inFlightBytes += bytes;
+    this.#dispatched.extents += count;
+    this.#dispatched.bytes += bytes;
     const task: CopyTask = {
       source: o.source,
       target: o.target,

@@ -41,7 +41,7 @@ class FakeJob implements ControlledJob {
 
 function fakeCopier() {
   const options = { chunkSize: MiB, queueDepth: 16, batchExtents: 4 };
-  return { scheduler: { options, takeRateLimited: () => false }, setPace: () => {}, limitedByUser: false } as unknown as MirrorCopier & {
+  return { scheduler: { options, takeRateLimited: () => false, takeDispatched: () => ({ extents: 0, bytes: 0 }) }, setPace: () => {}, limitedByUser: false } as unknown as MirrorCopier & {
     scheduler: { options: typeof options };
   };
 }
@@ -143,7 +143,7 @@ describe('MirrorController', () => {
     for (let t = 0; t <= 1000; t += 100) c.tick(t); // no application writes
     expect(c.latencyTargetMicros).toBeUndefined();
     expect(paces.at(-1)).toBeUndefined(); // the crawl was lifted
-    for (let t = 1100; t <= 1500; t += 100) {
+    for (let t = 1100; t <= 2200; t += 100) {
       for (let i = 0; i < 20; i++) c.appLatency.record(300);
       c.tick(t);
     }
@@ -156,8 +156,21 @@ describe('MirrorController', () => {
     const job = new FakeJob();
     job.backlogBytes = 1e12;
     const { c } = controller(job, 'report', { latencyTargetMs: undefined });
-    for (let t = 0; t <= 400; t += 100) {
+    for (let t = 0; t <= 1100; t += 100) {
       for (let i = 0; i < 20; i++) c.appLatency.record(200);
+      c.tick(t);
+    }
+    expect(c.latencyTargetMicros).toBeGreaterThanOrEqual(400 * 0.98);
+    expect(c.latencyTargetMicros).toBeLessThanOrEqual(400 * 1.02);
+  });
+
+  it('measures the baseline over a median window, so a slow start does not raise the target', () => {
+    const job = new FakeJob();
+    job.backlogBytes = 1e12;
+    const { c } = controller(job, 'report', { latencyTargetMs: undefined });
+    for (let t = 0; t <= 1100; t += 100) {
+      // The first windows are slow (the job's workers starting up), the rest are the writer's own.
+      for (let i = 0; i < 20; i++) c.appLatency.record(t < 300 ? 8000 : 200);
       c.tick(t);
     }
     expect(c.latencyTargetMicros).toBeGreaterThanOrEqual(400 * 0.98);

@@ -124,4 +124,21 @@ describe('ChunkTuner', () => {
     const d = tuner.decide({ seconds: 0.1, bytesCopied: 1e8, backlogBytes: 1e9, app: few, rateLimited: false });
     expect(d.reason).not.toBe('app-latency');
   });
+
+  it('counts the depth in extents when they are smaller than a chunk, so scattered granules keep the bytes in flight', () => {
+    const tuner = new ChunkTuner(LIMITS, { chunkSize: 8 * MiB, inFlight: 16 * MiB });
+    expect(tuner.queueDepth).toBe(2);
+    const d = tuner.decide({ seconds: 0.1, bytesCopied: 1e6, backlogBytes: 1e9, app: NO_LATENCIES, rateLimited: false, meanExtentBytes: 4 * KiB });
+    expect(d.queueDepth).toBe(LIMITS.maxQueueDepth);
+  });
+
+  it('backs off scattered extents down to one in flight before it paces', () => {
+    const tuner = new ChunkTuner(LIMITS, { chunkSize: 8 * MiB, inFlight: 16 * MiB }, 400);
+    const slow = appP99At(16 * MiB);
+    const window = { seconds: 0.1, bytesCopied: 1e6, backlogBytes: 1e9, app: slow, rateLimited: false, meanExtentBytes: 4 * KiB };
+    let d = tuner.decide(window);
+    while (d.pace === undefined) d = tuner.decide(window);
+    expect(d.inFlight).toBeLessThan(2 * 4 * KiB);
+    expect(d.queueDepth).toBe(1);
+  });
 });
