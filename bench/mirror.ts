@@ -6,7 +6,11 @@
  *
  *   npm run bench:mirror -- [--size 4G] [--policies report,write-blocking,throttle]
  *                           [--rates max,5000,20000] [--seconds 20] [--runs 1] [--granularity 64K]
- *                           [--latency-target MS] [--dir DIR] [--json FILE]
+ *                           [--latency-target MS] [--copy-mode background|write-blocking]
+ *                           [--timeline] [--dir DIR] [--json FILE]
+ *
+ * `--timeline` prints, every second of each mirrored run, the writer's writes, the copy mode, the
+ * job's status, its dirty bytes and its bytes copied (to stderr).
  *
  * With several runs, policies alternate within each run and the table shows medians.
  */
@@ -18,7 +22,7 @@ import { parseArgs } from 'node:util';
 import { FileDevice } from '../src/io/FileDevice.js';
 import { serveNbd } from '../src/io/nbd/NbdServer.js';
 import type { BlockDevice } from '../src/io/BlockDevice.js';
-import { startMirror, type NoConvergencePolicy, type TuningDecision } from '../src/index.js';
+import { startMirror, type CopyMode, type NoConvergencePolicy, type TuningDecision } from '../src/index.js';
 import { makeSampleImage } from '../src/util/imageTools.js';
 import { formatBytes, parseSize } from '../src/util/size.js';
 import { machineInfo } from './lib/machine.js';
@@ -96,10 +100,12 @@ async function mirrorRun(
   iops: number,
   granularity: number | undefined,
   latencyTarget: number | undefined,
+  copyMode: CopyMode,
+  timeline: boolean,
 ) {
   await rm(dst, { force: true });
   const started = performance.now();
-  const job = await startMirror({ source: src, target: dst, onNoConvergence: policy, granularity, latencyTarget });
+  const job = await startMirror({ source: src, target: dst, onNoConvergence: policy, granularity, latencyTarget, copyMode });
   const decisions: TuningDecision[] = [];
   job.on('tuning', (d) => decisions.push(d));
   const chunkSizes: number[] = [];
@@ -109,8 +115,26 @@ async function mirrorRun(
     ready.seconds = (performance.now() - started) / 1000;
     ready.copied = job.progress().bytesCopied;
   });
-  const writer = await writeThrough(job.device.asBlockDevice(), socket, size, seconds, iops);
+  const device = job.device.asBlockDevice();
+  let writes = 0;
+  const counted: BlockDevice = { ...device, write: (data, offset) => (writes++, device.write(data, offset)) };
+  let lastWrites = 0;
+  const ticker = timeline
+    ? setInterval(() => {
+        const p = job.progress();
+        const d = decisions.at(-1);
+        const t = ((performance.now() - started) / 1000).toFixed(0).padStart(3);
+        console.error(
+          `  ${t} s: ${String(writes - lastWrites).padStart(6)} writes, ${job.copyMode.padEnd(14)} ${job.status.padEnd(8)} ` +
+            `dirty ${formatBytes(p.dirtyBytes).padStart(9)}, copied ${formatBytes(p.bytesCopied).padStart(9)}` +
+            (d ? `; tuner: ${formatBytes(d.chunkSize)} chunks, ${formatBytes(d.inFlight)} in flight, pace ${d.pace === undefined ? 'none' : formatBytes(d.pace) + '/s'}, app p99 ${d.appP99 === undefined ? '?' : ms(d.appP99)} ms (target ${d.latencyTarget === undefined ? '?' : ms(d.latencyTarget)})` : ''),
+        );
+        lastWrites = writes;
+      }, 1000)
+    : undefined;
+  const writer = await writeThrough(timeline ? counted : device, socket, size, seconds, iops);
   clearInterval(sampler);
+  clearInterval(ticker);
   const copyModeAtEnd = job.copyMode;
   if (job.status === 'ready') await job.complete();
   else await job.cancel({ force: true });
@@ -131,6 +155,8 @@ async function main(): Promise<void> {
       runs: { type: 'string', default: '1' },
       granularity: { type: 'string' },
       'latency-target': { type: 'string' },
+      'copy-mode': { type: 'string', default: 'background' },
+      timeline: { type: 'boolean', default: false },
       dir: { type: 'string', default: join(process.cwd(), '.bm-bench') },
       json: { type: 'string' },
     },
@@ -158,7 +184,7 @@ async function main(): Promise<void> {
       for (const policy of values.policies!.split(',') as NoConvergencePolicy[]) {
         const granularity = values.granularity === undefined ? undefined : parseSize(values.granularity, '--granularity');
         const target = values['latency-target'] === undefined ? undefined : Number(values['latency-target']);
-        const r = await mirrorRun(src, dst, socket, size, policy, seconds, iops, granularity, target);
+        const r = await mirrorRun(src, dst, socket, size, policy, seconds, iops, granularity, target, values['copy-mode'] as CopyMode, values.timeline!);
         console.error(
           `  run ${run} ${policy}: ready ${r.readySeconds?.toFixed(1) ?? 'never'} s, copied ${r.copiedPerImageByte.toFixed(2)}× the image, ` +
             `${r.writer.iops.toFixed(0)} IOPS (${((100 * r.writer.iops) / baseline.iops).toFixed(0)} % of unmirrored), p99 ${ms(r.writer.p99)} ms`,
