@@ -10,7 +10,7 @@
  *                           [--timeline] [--dir DIR] [--json FILE]
  *
  * `--timeline` prints, every second of each mirrored run, the writer's writes, the copy mode, the
- * job's status, its dirty bytes and its bytes copied (to stderr).
+ * job's status, its dirty bytes, its bytes copied and the tuner's latest choices (to stderr).
  *
  * With several runs, policies alternate within each run and the table shows medians.
  */
