@@ -29,7 +29,7 @@ export interface UnsafeTestHooks {
   readonly markBeforeWrite?: boolean;
   /** Invariant 2 reversed: clear an extent's bits after its copy instead of before. */
   readonly clearAfterRead?: boolean;
-  /** Invariant 3 dropped: write-blocking writes and copies do not wait for each other. */
+  /** Invariant 3 dropped: write-blocking writes and copies do not wait for each other (and every such write goes to both sides). */
   readonly skipWriteBlockingWait?: boolean;
 }
 
@@ -200,9 +200,12 @@ export class TrackedDevice {
 
   async #writeBlocking(offset: number, length: number, op: (dev: BlockDevice) => Promise<void>): Promise<void> {
     const { source, target, bitmap, locks, listener, testHooks } = this.#p;
-    const release = testHooks?.skipWriteBlockingWait ? () => {} : await locks.acquireWrite(offset, offset + length);
+    const unsafe = testHooks?.skipWriteBlockingWait === true;
+    const release = unsafe ? () => {} : await locks.acquireWrite(offset, offset + length);
     try {
-      if (bitmap.allDirty(offset, length)) {
+      // (The broken order writes both sides always: a source-only write would be safe without the
+      // wait, and hide the race the stress test must catch.)
+      if (!unsafe && bitmap.allDirty(offset, length)) {
         // Every granule it touches is still to be copied, and none is being copied (the lock): the
         // copier will carry this write to the target, so the source alone takes it, marked after
         // (invariant 1). The backlog does not grow, and the write costs one I/O instead of two.
