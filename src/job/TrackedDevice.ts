@@ -203,19 +203,12 @@ export class TrackedDevice {
     const unsafe = testHooks?.skipWriteBlockingWait === true;
     const release = unsafe ? () => {} : await locks.acquireWrite(offset, offset + length);
     try {
-      // (The broken order writes both sides always: a source-only write would be safe without the
+      // Every granule it touches is still to be copied, and none is being copied (the lock): the
+      // copier will carry this write to the target, so it is a background write, marked after
+      // (invariant 1). The backlog does not grow, and the write costs one I/O instead of two.
+      // (The broken order always writes both sides: a source-only write would be safe without the
       // wait, and hide the race the stress test must catch.)
-      if (!unsafe && bitmap.allDirty(offset, length)) {
-        // Every granule it touches is still to be copied, and none is being copied (the lock): the
-        // copier will carry this write to the target, so the source alone takes it, marked after
-        // (invariant 1). The backlog does not grow, and the write costs one I/O instead of two.
-        try {
-          await op(source);
-        } finally {
-          bitmap.mark(offset, length);
-        }
-        return;
-      }
+      if (!unsafe && bitmap.allDirty(offset, length)) return await this.#writeBackground(offset, length, op);
       const [src, dst] = await Promise.allSettled([op(source), op(target)]);
       if (src.status === 'rejected' || dst.status === 'rejected') {
         // Either side may now differ from the other over this range: let the copier redo it.

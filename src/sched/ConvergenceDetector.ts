@@ -50,8 +50,8 @@ const RATE_MARGIN = 1.1;
  * cleans them (clean rate). It is not converging when, over the last window, the backlog has not
  * shrunk and the copier is not clearly faster than the writer; or when, for a second, the writer
  * re-dirties a quarter or more of what the copier cleans while much is left to copy (the job then
- * copies many extents several times over). QEMU's mirror has no such signal, and under a heavy writer it copies forever.
- * Pure: samples come with their time.
+ * copies many extents several times over). QEMU's mirror has no such signal, and under a heavy
+ * writer it copies forever. Pure: samples come with their time.
  */
 export class ConvergenceDetector {
   readonly #windowMs: number;
