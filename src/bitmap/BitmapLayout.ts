@@ -8,16 +8,30 @@ export const MIN_GRANULARITY = 512;
 export const MAX_GRANULARITY = 64 * 1024 * 1024;
 /**
  * Most bits a bitmap may have (2^30; at 64 KiB granularity a 64 TiB image, at 512 B 512 GiB).
- * The dirty count is a signed 32-bit word in shared memory; while operations run on several
- * threads it may briefly be ahead of the bits by what they have changed but not yet counted, and
- * 2^30 leaves that room below 2^31. A larger image needs a larger granularity.
+ * The dirty count is a signed 32-bit sum in shared memory (its slots wrap, their sum modulo
+ * 2^32 is exact); while operations run on several threads it may briefly be ahead of the bits by
+ * what they have changed but not yet counted, and 2^30 leaves that room below 2^31. A larger
+ * image needs a larger granularity.
  */
 export const MAX_BIT_COUNT = 2 ** 30;
 
-/** Words before level 0: the dirty count, then padding to a 64-byte cache line. */
-export const HEADER_WORDS = 16;
-/** Index of the dirty count in the shared words. */
-export const COUNT_INDEX = 0;
+/** Int32 words in a 64-byte cache line: each count slot has a line of its own. */
+const LINE_WORDS = 16;
+/**
+ * Count slots a handle can own. The dirty count is the sum of all slots: a handle (one per thread)
+ * adds to its own slot with plain stores, not a locked add; handles past these share a slot that
+ * is updated with Atomics.add.
+ */
+export const PRIVATE_COUNT_SLOTS = 7;
+/** Index of the shared count slot, the one handles without a private slot add to atomically. */
+export const SHARED_COUNT_INDEX = 0;
+/** Index of the word that hands out private slots (`Atomics.add` returns the next one). */
+export const SLOT_CLAIM_INDEX = 1;
+/** Words before level 0: the shared slot's line, then a line per private slot. */
+export const HEADER_WORDS = (PRIVATE_COUNT_SLOTS + 1) * LINE_WORDS;
+
+/** Index of each count slot: the shared one, then private slot k at 1 + k. */
+export const COUNT_SLOT_INDEXES: readonly number[] = Array.from({ length: PRIVATE_COUNT_SLOTS + 1 }, (_, k) => k * LINE_WORDS);
 
 /**
  * Where each level lives in the shared Int32Array. Level 0 holds the dirty bits; in level k >= 1,

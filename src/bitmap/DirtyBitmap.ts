@@ -1,10 +1,19 @@
 import { BitmapError, ErrorCode, InvalidArgumentError } from '../errors.js';
-import { bitCountFor, COUNT_INDEX, DEFAULT_GRANULARITY, layoutFor, type BitmapLayout } from './BitmapLayout.js';
+import {
+  bitCountFor,
+  COUNT_SLOT_INDEXES,
+  DEFAULT_GRANULARITY,
+  layoutFor,
+  PRIVATE_COUNT_SLOTS,
+  SHARED_COUNT_INDEX,
+  SLOT_CLAIM_INDEX,
+  type BitmapLayout,
+} from './BitmapLayout.js';
 import { waitForChange } from '../util/atomicsWait.js';
 import { BitmapSuccession, type Succession } from './BitmapSuccession.js';
 import { lowestBit, maskFrom, maskThrough, popcount32 } from './wordOps.js';
 
-export { DEFAULT_GRANULARITY, MAX_BIT_COUNT, MAX_GRANULARITY, MIN_GRANULARITY } from './BitmapLayout.js';
+export { DEFAULT_GRANULARITY, MAX_BIT_COUNT, MAX_GRANULARITY, MIN_GRANULARITY, PRIVATE_COUNT_SLOTS } from './BitmapLayout.js';
 export type { Succession } from './BitmapSuccession.js';
 
 /**
@@ -12,7 +21,7 @@ export type { Succession } from './BitmapSuccession.js';
  * other thread with {@link DirtyBitmap.fromShared}; both handles then update the same bits.
  */
 export interface SharedBitmap {
-  /** Every word of the bitmap: the dirty count, the bits and the summary levels. */
+  /** Every word of the bitmap: the dirty count's slots, the bits and the summary levels. */
   readonly buffer: SharedArrayBuffer;
   /** Image size in bytes. */
   readonly size: number;
@@ -65,11 +74,19 @@ export class DirtyBitmap {
   readonly #levelStart: Int32Array;
   readonly #levelWords: Int32Array;
   readonly #top: number;
+  /** Index of the top summary word: {@link changed} waits on it. */
+  readonly #topIndex: number;
   /** Index of level 0's first word. */
   readonly #base: number;
   readonly #frozen: boolean;
   /** 1 / granularity: a multiply finds a byte's bit faster than a divide. */
   readonly #perByte: number;
+  /**
+   * Where this handle counts the bits it sets and clears: a private slot (plain adds, as only this
+   * handle, so one thread, writes it), the shared slot (Atomics.add) once the private ones are all
+   * taken, or -1 until the handle first changes a bit.
+   */
+  #countIndex = -1;
   #succession: Succession | undefined;
 
   private constructor(size: number, granularity: number, layout: BitmapLayout, buffer: SharedArrayBuffer, frozen: boolean) {
@@ -81,6 +98,7 @@ export class DirtyBitmap {
     this.#levelStart = layout.levelStart;
     this.#levelWords = layout.levelWords;
     this.#top = layout.top;
+    this.#topIndex = layout.levelStart[layout.top]!;
     this.#base = layout.levelStart[0]!;
     this.#frozen = frozen;
     this.#perByte = 1 / granularity;
@@ -144,7 +162,8 @@ export class DirtyBitmap {
 
   /**
    * Bytes of shared memory the bitmap uses: the bits, about 1/31 more for the summary levels, and
-   * 64 for the count. At most 1.1 times the raw bits from 8 Ki bits up (below, the 64 bytes dominate).
+   * 512 for the count's slots. At most 1.1 times the raw bits from 64 Ki bits (8 KiB) up; below,
+   * the slots dominate.
    */
   get memoryBytes(): number {
     return this.#buffer.byteLength;
@@ -214,14 +233,17 @@ export class DirtyBitmap {
     if ((a[i]! & mask) === mask) return 0;
     const old = Atomics.or(a, i, mask);
     // Only the 0 → non-zero transition raises the summary: whoever made it raises it.
-    if (old === 0 && this.#top > 0) this.#raiseSummary(1, w);
+    if (old === 0) {
+      if (this.#top > 0) this.#raiseSummary(1, w);
+      else Atomics.notify(a, i);
+    }
     return mask & ~old;
   }
 
   /**
    * Sets the summary bit for word `child` of level `level - 1`, and upwards while a summary word
    * goes from zero to non-zero. A word that was already non-zero had its own parent raised by
-   * whoever made it non-zero.
+   * whoever made it non-zero. Raising the top word from zero wakes {@link changed}.
    */
   #raiseSummary(level: number, child: number): void {
     const a = this.#words;
@@ -231,16 +253,22 @@ export class DirtyBitmap {
       if (old !== 0) return;
       child >>>= 5;
     }
+    Atomics.notify(a, this.#topIndex);
   }
 
-  /** Applies a change to the dirty count; wakes {@link changed} waiters when it turns positive. Returns 0. */
+  /** Adds a change to this handle's count slot. Returns 0. */
   #flushCount(delta: number): number {
     if (delta === 0) return 0;
     const a = this.#words;
-    const old = Atomics.add(a, COUNT_INDEX, delta);
-    // `old` can be below zero for a moment (a clear counted before the mark it raced with), so
-    // test "was not positive", not "was zero", or a waiter could sleep through the transition.
-    if (old <= 0 && old + delta > 0) Atomics.notify(a, COUNT_INDEX);
+    const i = this.#countIndex;
+    // A plain add: no other thread writes a private slot. The slot wraps at 2^32 (a writer's slot
+    // only grows, the copier's only shrinks); the sum of all slots is still exact.
+    if (i > SHARED_COUNT_INDEX) a[i] = a[i]! + delta;
+    else if (i === SHARED_COUNT_INDEX) Atomics.add(a, i, delta);
+    else {
+      this.#countIndex = claimCountSlot(a);
+      this.#flushCount(delta);
+    }
     return 0;
   }
 
@@ -326,11 +354,17 @@ export class DirtyBitmap {
   }
 
   /**
-   * Number of set bits, read in O(1). Exact whenever no mark or clear is under way; during one it
-   * may lag by the bits that operation has changed but not yet counted (never below 0).
+   * Number of set bits, read in O(1) (a sum of {@link PRIVATE_COUNT_SLOTS} + 1 words). Exact
+   * whenever no mark or clear is under way; during one it may lag by the bits that operation has
+   * changed but not yet counted (never below 0). Handles count in their own slots with plain
+   * stores, so another thread's finished mark is counted here once something orders it before
+   * this read: a message, or an Atomics operation both threads make on one word afterwards (as
+   * the writer gate's active count does when the job proves ready).
    */
   count(): number {
-    const n = Atomics.load(this.#words, COUNT_INDEX);
+    const a = this.#words;
+    let n = 0;
+    for (const i of COUNT_SLOT_INDEXES) n = (n + Atomics.load(a, i)) | 0;
     return n > 0 ? n : 0;
   }
 
@@ -556,12 +590,35 @@ export class DirtyBitmap {
 
   /**
    * Resolves `true` as soon as the bitmap has dirty bits (at once if it has some now), `false`
-   * after `timeoutMs` without any. Markers only notify on the count's 0 → positive transition, so
-   * marking stays cheap. It may resolve `true` spuriously: check {@link count}.
+   * after `timeoutMs` without any. It waits on the top summary word, and a marker notifies only
+   * when it raises that word from zero, so marking stays cheap; summary bits left over zero words
+   * are dropped first. It may resolve `true` spuriously: check {@link count}.
    */
   async changed(timeoutMs: number): Promise<boolean> {
     if (!(timeoutMs >= 0)) throw new InvalidArgumentError(ErrorCode.INVALID_OPTION, `timeout must be at least 0 ms, not ${timeoutMs}`);
-    return waitForChange(this.#words, COUNT_INDEX, 0, timeoutMs);
+    if (this.count() > 0) return true;
+    // No bits, no top word to wait on: it can never become dirty.
+    if (this.bitCount === 0) return new Promise((resolve) => setTimeout(() => resolve(false), timeoutMs));
+    const a = this.#words;
+    if (a[this.#topIndex] !== 0 && !this.#frozen) this.#pruneSummaries(this.#top, 0);
+    return waitForChange(a, this.#topIndex, 0, timeoutMs);
+  }
+
+  /**
+   * Drops every summary bit below word `word` of `level` whose words are all zero (O(set summary
+   * bits)); returns whether that word is non-zero afterwards. Each drop rechecks its word, as in
+   * {@link #findSet}, so a mark racing with it keeps its summary bits.
+   */
+  #pruneSummaries(level: number, word: number): boolean {
+    const a = this.#words;
+    const i = this.#levelStart[level]! + word;
+    if (level > 0) {
+      for (let x = a[i]!; x !== 0; x &= x - 1) {
+        const child = word * 32 + lowestBit(x);
+        if (!this.#pruneSummaries(level - 1, child)) this.#dropStaleSummary(level, child);
+      }
+    }
+    return a[i] !== 0;
   }
 
   // ---- helpers ----------------------------------------------------------------------------
@@ -613,6 +670,12 @@ function depositBits(out: Uint32Array, at: number, bits: number): void {
   const shift = at & 31;
   out[i]! |= bits << shift;
   if (shift !== 0 && i + 1 < out.length) out[i + 1]! |= bits >>> (32 - shift);
+}
+
+/** A count slot for a new handle: the next private one, or the shared one when none is left. */
+function claimCountSlot(words: Int32Array): number {
+  const k = Atomics.add(words, SLOT_CLAIM_INDEX, 1);
+  return k >= 0 && k < PRIVATE_COUNT_SLOTS ? COUNT_SLOT_INDEXES[1 + k]! : SHARED_COUNT_INDEX;
 }
 
 function frozenError(): BitmapError {

@@ -5,7 +5,9 @@ import {
   MAX_BIT_COUNT,
   MAX_GRANULARITY,
   MIN_GRANULARITY,
+  PRIVATE_COUNT_SLOTS,
 } from '../../src/bitmap/DirtyBitmap.js';
+import { COUNT_SLOT_INDEXES } from '../../src/bitmap/BitmapLayout.js';
 import { BitmapError, ErrorCode, InvalidArgumentError } from '../../src/errors.js';
 
 const G = 65536;
@@ -86,8 +88,8 @@ describe('DirtyBitmap geometry', () => {
     expect([...bm.extents({ wrap: true })]).toEqual([]);
   });
 
-  it('uses at most 1.1 times the raw bits of memory from 8 Ki bits up', () => {
-    for (const [size, granularity] of [[TiB, G], [8192 * 512, 512], [(16384 + 1) * 512, 512], [3 * 2 ** 30 + 1, 4096]] as const) {
+  it('uses at most 1.1 times the raw bits of memory from 64 Ki bits up', () => {
+    for (const [size, granularity] of [[TiB, G], [65536 * 512, 512], [(131072 + 1) * 512, 512], [3 * 2 ** 30 + 1, 4096]] as const) {
       const bm = DirtyBitmap.create(size, granularity);
       expect(bm.memoryBytes, `${bm.bitCount} bits`).toBeLessThanOrEqual(1.1 * Math.ceil(bm.bitCount / 8));
     }
@@ -502,6 +504,31 @@ describe('DirtyBitmap sharing', () => {
     expect(a.count()).toBe(0);
   });
 
+  it('counts exactly with more handles than private count slots', () => {
+    const first = DirtyBitmap.create(1000 * G, G);
+    const handles = [first, ...Array.from({ length: 2 * PRIVATE_COUNT_SLOTS }, () => DirtyBitmap.fromShared(first.share()))];
+    handles.forEach((h, i) => h.markBits(i * 10, 5));
+    expect(first.count()).toBe(5 * handles.length);
+    // Each handle clears what the next one marked: every slot's own sum goes negative or positive.
+    handles.forEach((h, i) => h.testAndClear(((i + 1) % handles.length) * 10, 2));
+    expect(handles.map((h) => h.count())).toEqual(handles.map(() => 3 * handles.length));
+  });
+
+  it('keeps the count exact when a count slot wraps past 2^31', () => {
+    // A long mirror: the writer's slot only grows and the copier's only shrinks. Start the slots
+    // where a long history would have left them (summing to the 0 bits set), then cross 2^31.
+    const bm = DirtyBitmap.create(1000 * G, G);
+    const slots = new Int32Array(bm.share().buffer);
+    const [shared, firstPrivate] = COUNT_SLOT_INDEXES as [number, number];
+    slots[firstPrivate] = 2 ** 31 - 3;
+    slots[shared] = -(2 ** 31 - 3);
+    bm.markBits(0, 5);
+    expect(slots[firstPrivate]).toBeLessThan(0);
+    expect(bm.count()).toBe(5);
+    bm.testAndClear(0, 5);
+    expect(bm.count()).toBe(0);
+  });
+
   it('fromShared rejects a buffer of the wrong length', () => {
     const shared = { ...DirtyBitmap.create(ODD_SIZE, G).share(), size: 100 * G };
     expectCode(() => DirtyBitmap.fromShared(shared), ErrorCode.BITMAP_GEOMETRY);
@@ -544,6 +571,27 @@ describe('DirtyBitmap.changed', () => {
     const changed = bm.changed(60_000);
     setTimeout(() => bm.mark(0, 1), 5);
     await expect(changed).resolves.toBe(true);
+  });
+
+  it('resolves false after the timeout for an image of no bits', async () => {
+    await expect(DirtyBitmap.create(0, G).changed(20)).resolves.toBe(false);
+  });
+
+  it('waits out the timeout when a drain has left summary bits over clean words', async () => {
+    const bm = DirtyBitmap.create(TiB, G);
+    for (const bit of [0, 5000, 1_000_000, bm.bitCount - 1]) bm.markBits(bit, 1);
+    bm.testAndClear(0, bm.bitCount);
+    await expect(bm.changed(20)).resolves.toBe(false);
+  });
+
+  it('resolves true when a mark lands after left-over summary bits were dropped', async () => {
+    const bm = DirtyBitmap.create(TiB, G);
+    bm.markBits(1_000_000, 1);
+    bm.testAndClear(0, bm.bitCount);
+    const changed = bm.changed(60_000);
+    setTimeout(() => bm.markBits(1_000_001, 1), 5);
+    await expect(changed).resolves.toBe(true);
+    expect(bm.nextDirty(0)).toBe(1_000_001);
   });
 
   it('resolves true when a drained bitmap is marked again', async () => {
