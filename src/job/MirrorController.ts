@@ -1,5 +1,5 @@
 import { performance } from 'node:perf_hooks';
-import { ChunkTuner, type TunerLimits, type TuningDecision } from '../sched/ChunkTuner.js';
+import { ChunkTuner, type TunerLimits, type TunerWindow, type TuningDecision } from '../sched/ChunkTuner.js';
 import { ConvergenceDetector, type ConvergenceState } from '../sched/ConvergenceDetector.js';
 import { LatencyWindow, type LatencyStats } from '../sched/LatencyWindow.js';
 import { batchExtentsFor } from '../sched/tuning.js';
@@ -68,6 +68,12 @@ const BASELINE_TRIGGER_WRITES = 10;
 const BASELINE_PACE = 1 << 20;
 /** The default latency target is this multiple of the baseline p99. */
 const TARGET_OVER_BASELINE = 2;
+/**
+ * A measured target is measured again after this many windows in a row with the application over
+ * it and the copy at the tuner's floor: what slows the application then is not the copy (in
+ * write-blocking mode, its own writes to the target), and holding the copy back only delays sync.
+ */
+const STUCK_WINDOWS = 10;
 /** A ready job never drops back for a backlog smaller than this. */
 const READY_BACKLOG_FLOOR = 16 << 20;
 /**
@@ -93,7 +99,9 @@ interface Baseline {
  * The job's control loop (every 100 ms): feeds the chunk tuner and the convergence detector from
  * the last window, applies the tuner's chunk size and depth to the copier, acts on
  * non-convergence as the job's policy says, and drops a ready job back to running when its
- * backlog has grown past a second of copying.
+ * backlog has grown past a second of copying. A measured latency target is measured again when
+ * the application's writes change cost: after a switch to write-blocking, or when the copy held
+ * at the tuner's floor leaves the application over the target for a second.
  */
 export class MirrorController {
   /** The application's intercepted writes; the job's interceptors record into it. */
@@ -113,6 +121,10 @@ export class MirrorController {
   #baseline: 'done' | 'idle' | Baseline;
   #lastThrottleStep = 0;
   #switching = false;
+  /** Windows in a row with the application over the target and the copy at the tuner's floor. */
+  #stuck = 0;
+  /** The copy mode changed: measure the target again at the next window. */
+  #remeasureDue = false;
 
   constructor(job: ControlledJob, options: MirrorControllerOptions) {
     this.#job = job;
@@ -172,10 +184,34 @@ export class MirrorController {
       this.#collectBaseline(nowMs, b, window.app);
       return;
     }
+    if (this.#remeasureDue) return this.#remeasure(nowMs, window);
     const decision = this.#tuner.decide(window);
+    this.#stuck = decision.reason === 'app-latency' && this.#tuner.atFloor ? this.#stuck + 1 : 0;
+    if (this.#stuck >= STUCK_WINDOWS && this.#o.latencyTargetMs === undefined) return this.#remeasure(nowMs, window);
     this.#apply(decision.chunkSize, decision.queueDepth);
     this.#o.copier.setPace(decision.pace);
     this.#job.onTuning(decision);
+  }
+
+  /**
+   * Measures a measured target again, when what the application's writes cost has changed under
+   * it: after a switch to write-blocking mode, or when the copy at its floor could not bring the
+   * application back under the target.
+   */
+  #remeasure(nowMs: number, window: TunerWindow): void {
+    this.#remeasureDue = false;
+    this.#stuck = 0;
+    this.#beginBaseline(nowMs);
+    this.#job.onTuning({
+      chunkSize: this.#o.initial.chunkSize,
+      queueDepth: 1,
+      inFlight: this.#o.initial.chunkSize,
+      pace: BASELINE_PACE,
+      reason: 'remeasure',
+      throughput: window.seconds > 0 ? window.bytesCopied / window.seconds : 0,
+      appP99: window.app.count > 0 ? window.app.p99 : undefined,
+      latencyTarget: this.#tuner.latencyTarget,
+    });
   }
 
   /** Holds the copier to a crawl while the application's own write latency is measured. */
@@ -246,7 +282,11 @@ export class MirrorController {
       case 'write-blocking':
         if (job.copyMode === 'background' && !this.#switching) {
           this.#switching = true;
-          void job.switchToWriteBlocking().then(() => job.onConvergence({ ...state, action: 'write-blocking', throttle: gate.throttle }));
+          void job.switchToWriteBlocking().then(() => {
+            job.onConvergence({ ...state, action: 'write-blocking', throttle: gate.throttle });
+            // Writes to copied granules now go to both sides: the application's own p99 changes.
+            if (this.#o.latencyTargetMs === undefined) this.#remeasureDue = true;
+          });
         }
         return;
     }

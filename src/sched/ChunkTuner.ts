@@ -38,7 +38,8 @@ export type TuningReason =
   | 'reverse' // throughput fell: back the other way
   | 'hold' // throughput flat: stay a few windows, then probe again
   | 'idle' // nothing to copy
-  | 'rate-limited'; // the user's speed limit, not the disk, sets the pace
+  | 'rate-limited' // the user's speed limit, not the disk, sets the pace
+  | 'remeasure'; // the application stayed over the target with the copy at its floor: the target is measured again
 
 /** A decision, as the job reports it in its `tuning` events. */
 export interface TuningDecision {
@@ -125,6 +126,19 @@ export class ChunkTuner {
     return this.#pace;
   }
 
+  /**
+   * True when the tuner has nothing left to give: one operation in flight at its slowest pace.
+   * An application still over the target then is not slowed by the copy.
+   */
+  get atFloor(): boolean {
+    return this.queueDepth === 1 && this.#pace !== undefined && this.#pace <= this.#floor;
+  }
+
+  /** The slowest pace: the copy always makes progress. */
+  get #floor(): number {
+    return Math.max(MIN_PACE, MIN_PACE_SHARE * this.#best);
+  }
+
   /** The application's p99 target in µs (undefined: none yet). */
   get latencyTarget(): number | undefined {
     return this.#target;
@@ -150,7 +164,7 @@ export class ChunkTuner {
       if (this.queueDepth > 1) {
         this.#inFlight = Math.max(this.#unit, Math.floor(this.#inFlight * BACKOFF));
       } else {
-        const floor = Math.max(MIN_PACE, MIN_PACE_SHARE * this.#best);
+        const floor = this.#floor;
         this.#pace = Math.max(floor, (this.#pace ?? Math.max(throughput, floor)) * BACKOFF);
       }
       this.#lastThroughput = undefined; // what comes next is measured under new conditions

@@ -76,6 +76,16 @@ function drive(c: MirrorController, job: FakeJob, from: number, seconds: number,
   return t;
 }
 
+/** Ticks from `from` up to `to` ms, the application writing 20 times a window at `micros` each. */
+function tickWithLatency(c: MirrorController, from: number, to: number, micros: number): number {
+  let t = from;
+  for (; t <= to; t += 100) {
+    for (let i = 0; i < 20; i++) c.appLatency.record(micros);
+    c.tick(t);
+  }
+  return t;
+}
+
 describe('MirrorController', () => {
   it('report: says once, with a reason, that the job stopped converging', () => {
     const job = new FakeJob();
@@ -162,6 +172,51 @@ describe('MirrorController', () => {
     }
     expect(c.latencyTargetMicros).toBeGreaterThanOrEqual(400 * 0.98);
     expect(c.latencyTargetMicros).toBeLessThanOrEqual(400 * 1.02);
+  });
+
+  it('measures the target again when the application stays over it with the copy held at its floor', () => {
+    const job = new FakeJob();
+    job.backlogBytes = 1e12;
+    const copier = fakeCopier();
+    const paces: Array<number | undefined> = [];
+    copier.setPace = (pace: number | undefined) => void paces.push(pace);
+    const { c } = controller(job, 'report', { latencyTargetMs: undefined, copier });
+    let t = tickWithLatency(c, 0, 1100, 200); // target: twice 200 µs
+    expect(c.latencyTargetMicros).toBeCloseTo(400, -1);
+    // The application slows down on its own: backing the copy off does not help.
+    t = tickWithLatency(c, t, 6000, 5000);
+    expect(job.tunings.some((d) => d.reason === 'remeasure')).toBe(true);
+    expect(paces).toContain(1 << 20);
+    expect(c.latencyTargetMicros).toBeCloseTo(10_000, -2);
+  });
+
+  it('keeps a target the user gave, even when the copy at its floor cannot meet it', () => {
+    const job = new FakeJob();
+    job.backlogBytes = 1e12;
+    const { c } = controller(job, 'report', { latencyTargetMs: 1 });
+    tickWithLatency(c, 0, 6000, 5000);
+    expect(job.tunings.some((d) => d.reason === 'remeasure')).toBe(false);
+    expect(c.latencyTargetMicros).toBe(1000);
+  });
+
+  it('measures the target again after switching to write-blocking', async () => {
+    const job = new FakeJob();
+    job.backlogBytes = 1e12;
+    const { c } = controller(job, 'write-blocking', { latencyTargetMs: undefined });
+    let t = tickWithLatency(c, 0, 1100, 200);
+    expect(job.tunings.some((d) => d.reason === 'remeasure')).toBe(false);
+    // A writer that outruns the copier: the policy switches modes.
+    for (const end = t + 5000; t < end && job.copyMode === 'background'; t += 100) {
+      job.backlogBytes += 100 * MiB;
+      job.copiedBytes += 10 * MiB;
+      for (let i = 0; i < 20; i++) c.appLatency.record(200);
+      c.tick(t);
+    }
+    expect(job.copyMode).toBe('write-blocking');
+    await Promise.resolve(); // the switch settles
+    tickWithLatency(c, t, t + 1200, 1000); // writes to both sides take longer
+    expect(job.tunings.some((d) => d.reason === 'remeasure')).toBe(true);
+    expect(c.latencyTargetMicros).toBeCloseTo(2000, -2);
   });
 
   it('measures the baseline over a median window, so a slow start does not raise the target', () => {
