@@ -76,6 +76,14 @@ function drive(c: MirrorController, job: FakeJob, from: number, seconds: number,
   return t;
 }
 
+/** A controller that measures its target, and the paces it sets on the copier. */
+function measuringController(job: FakeJob) {
+  const copier = fakeCopier();
+  const paces: Array<number | undefined> = [];
+  copier.setPace = (pace: number | undefined) => void paces.push(pace);
+  return { ...controller(job, 'report', { latencyTargetMs: undefined, copier }), paces };
+}
+
 /** Ticks from `from` up to `to` ms, the application writing 20 times a window at `micros` each. */
 function tickWithLatency(c: MirrorController, from: number, to: number, micros: number): number {
   let t = from;
@@ -146,17 +154,11 @@ describe('MirrorController', () => {
   it('copies at full pace while nobody writes, and measures the baseline once the application starts', () => {
     const job = new FakeJob();
     job.backlogBytes = 1e12;
-    const copier = fakeCopier();
-    const paces: Array<number | undefined> = [];
-    copier.setPace = (pace: number | undefined) => void paces.push(pace);
-    const { c } = controller(job, 'report', { latencyTargetMs: undefined, copier });
+    const { c, paces } = measuringController(job);
     for (let t = 0; t <= 1000; t += 100) c.tick(t); // no application writes
     expect(c.latencyTargetMicros).toBeUndefined();
     expect(paces.at(-1)).toBeUndefined(); // the crawl was lifted
-    for (let t = 1100; t <= 2200; t += 100) {
-      for (let i = 0; i < 20; i++) c.appLatency.record(300);
-      c.tick(t);
-    }
+    tickWithLatency(c, 1100, 2200, 300);
     expect(paces).toContain(1 << 20); // crawled while measuring
     expect(c.latencyTargetMicros).toBeGreaterThanOrEqual(600 * 0.98);
     expect(c.latencyTargetMicros).toBeLessThanOrEqual(600 * 1.02);
@@ -166,10 +168,7 @@ describe('MirrorController', () => {
     const job = new FakeJob();
     job.backlogBytes = 1e12;
     const { c } = controller(job, 'report', { latencyTargetMs: undefined });
-    for (let t = 0; t <= 1100; t += 100) {
-      for (let i = 0; i < 20; i++) c.appLatency.record(200);
-      c.tick(t);
-    }
+    tickWithLatency(c, 0, 1100, 200);
     expect(c.latencyTargetMicros).toBeGreaterThanOrEqual(400 * 0.98);
     expect(c.latencyTargetMicros).toBeLessThanOrEqual(400 * 1.02);
   });
@@ -177,10 +176,7 @@ describe('MirrorController', () => {
   it('measures the target again when the application stays over it with the copy held at its floor', () => {
     const job = new FakeJob();
     job.backlogBytes = 1e12;
-    const copier = fakeCopier();
-    const paces: Array<number | undefined> = [];
-    copier.setPace = (pace: number | undefined) => void paces.push(pace);
-    const { c } = controller(job, 'report', { latencyTargetMs: undefined, copier });
+    const { c, paces } = measuringController(job);
     let t = tickWithLatency(c, 0, 1100, 200); // target: twice 200 µs
     expect(c.latencyTargetMicros).toBeCloseTo(400, -1);
     // The application slows down on its own: backing the copy off does not help.
