@@ -5,7 +5,7 @@
  */
 import { Worker } from 'node:worker_threads';
 import { describe, expect, it } from 'vitest';
-import { DirtyBitmap } from '../../src/bitmap/DirtyBitmap.js';
+import { DirtyBitmap, PRIVATE_COUNT_SLOTS } from '../../src/bitmap/DirtyBitmap.js';
 import { DirtyExtentCursor } from '../../src/bitmap/DirtyExtentCursor.js';
 
 const WORKERS = 3;
@@ -15,11 +15,11 @@ const G = 4096;
 const BIT_COUNT = 70_000;
 
 /** Starts the markers; resolves to the union of the bits they marked once all have finished. */
-function startMarkers(bitmap: DirtyBitmap): { done: () => boolean; marked: Promise<Uint8Array> } {
+function startMarkers(bitmap: DirtyBitmap, workers = WORKERS, ops = OPS_PER_WORKER): { done: () => boolean; marked: Promise<Uint8Array> } {
   let finished = 0;
-  const results = Array.from({ length: WORKERS }, () => {
+  const results = Array.from({ length: workers }, () => {
     const worker = new Worker(new URL('../fixtures/bitmapMarker.mjs', import.meta.url), {
-      workerData: { shared: bitmap.share(), ops: OPS_PER_WORKER, maxRun: 40 },
+      workerData: { shared: bitmap.share(), ops, maxRun: 40 },
     });
     return new Promise<Uint8Array>((resolve, reject) => {
       worker.once('message', (bits: Uint8Array) => {
@@ -34,7 +34,7 @@ function startMarkers(bitmap: DirtyBitmap): { done: () => boolean; marked: Promi
     for (const bits of all) for (let b = 0; b < BIT_COUNT; b++) union[b]! |= bits[b]!;
     return union;
   });
-  return { done: () => finished === WORKERS, marked };
+  return { done: () => finished === workers, marked };
 }
 
 /** Lets worker messages in. */
@@ -71,20 +71,31 @@ function expectNothingLost(bitmap: DirtyBitmap, drained: Uint8Array, marked: Uin
   expect(bitmap.count()).toBe(set);
 }
 
+/** Drains with testAndClear in unaligned windows (clears start and end inside words) until the markers finish. */
+async function drainWhileMarking(bitmap: DirtyBitmap, markers: ReturnType<typeof startMarkers>): Promise<Uint8Array> {
+  const drained = new Uint8Array(BIT_COUNT);
+  for (let sweeps = 0; !markers.done(); sweeps++) {
+    for (let first = sweeps % 37; first < BIT_COUNT; first += 997) {
+      recordBitset(drained, bitmap.testAndClear(first, Math.min(997, BIT_COUNT - first)), first);
+    }
+    await tick();
+  }
+  return drained;
+}
+
 describe('DirtyBitmap under concurrent marking', () => {
   it('loses no bit drained with testAndClear while worker threads mark', async () => {
     const bitmap = DirtyBitmap.create(BIT_COUNT * G, G);
     const markers = startMarkers(bitmap);
-    const drained = new Uint8Array(BIT_COUNT);
-    let sweeps = 0;
-    while (!markers.done()) {
-      // Unaligned windows, so clears start and end inside words.
-      for (let first = sweeps % 37; first < BIT_COUNT; first += 997) {
-        recordBitset(drained, bitmap.testAndClear(first, Math.min(997, BIT_COUNT - first)), first);
-      }
-      sweeps++;
-      await tick();
-    }
+    const drained = await drainWhileMarking(bitmap, markers);
+    expectNothingLost(bitmap, drained, await markers.marked);
+  });
+
+  it('keeps count() exact with more marking threads than private count slots', async () => {
+    const bitmap = DirtyBitmap.create(BIT_COUNT * G, G);
+    // The threads past the private slots share one, counted with Atomics.add.
+    const markers = startMarkers(bitmap, PRIVATE_COUNT_SLOTS + 2, 200_000);
+    const drained = await drainWhileMarking(bitmap, markers);
     expectNothingLost(bitmap, drained, await markers.marked);
   });
 
