@@ -285,7 +285,7 @@ export class MirrorController {
           void job.switchToWriteBlocking().then(() => {
             job.onConvergence({ ...state, action: 'write-blocking', throttle: gate.throttle });
             // Writes to copied granules now go to both sides: the application's own p99 changes.
-            if (this.#o.latencyTargetMs === undefined) this.#remeasureDue = true;
+            if (this.#baseline === 'done' && this.#o.latencyTargetMs === undefined) this.#remeasureDue = true;
           });
         }
         return;

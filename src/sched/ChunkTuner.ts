@@ -39,7 +39,7 @@ export type TuningReason =
   | 'hold' // throughput flat: stay a few windows, then probe again
   | 'idle' // nothing to copy
   | 'rate-limited' // the user's speed limit, not the disk, sets the pace
-  | 'remeasure'; // the application stayed over the target with the copy at its floor: the target is measured again
+  | 'remeasure'; // the application's writes changed cost (write-blocking, or over the target with the copy at its floor): the target is measured again
 
 /** A decision, as the job reports it in its `tuning` events. */
 export interface TuningDecision {
