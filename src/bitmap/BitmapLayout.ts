@@ -18,15 +18,17 @@ export const MAX_BIT_COUNT = 2 ** 30;
 /** Int32 words in a 64-byte cache line: each count slot has a line of its own. */
 const LINE_WORDS = 16;
 /**
- * Count slots a handle can own. The dirty count is the sum of all slots: a handle (one per thread)
- * adds to its own slot with plain stores, not a locked add; handles past these share a slot that
- * is updated with Atomics.add.
+ * Count slots threads can own. The dirty count is the sum of all slots: a thread adds to its own
+ * slot with plain stores, not a locked add; threads past these share a slot that is updated with
+ * Atomics.add.
  */
 export const PRIVATE_COUNT_SLOTS = 7;
 /** Index of the shared count slot, the one handles without a private slot add to atomically. */
 export const SHARED_COUNT_INDEX = 0;
 /** Index of the word that hands out private slots (`Atomics.add` returns the next one). */
 export const SLOT_CLAIM_INDEX = 1;
+/** A header word nothing writes: an image of no bits has no top word, and waits on this one. */
+export const QUIET_INDEX = 2;
 /** Words before level 0: the shared slot's line, then a line per private slot. */
 export const HEADER_WORDS = (PRIVATE_COUNT_SLOTS + 1) * LINE_WORDS;
 

@@ -5,6 +5,7 @@ import {
   DEFAULT_GRANULARITY,
   layoutFor,
   PRIVATE_COUNT_SLOTS,
+  QUIET_INDEX,
   SHARED_COUNT_INDEX,
   SLOT_CLAIM_INDEX,
   type BitmapLayout,
@@ -82,8 +83,8 @@ export class DirtyBitmap {
   /** 1 / granularity: a multiply finds a byte's bit faster than a divide. */
   readonly #perByte: number;
   /**
-   * Where this handle counts the bits it sets and clears: a private slot (plain adds, as only this
-   * handle, so one thread, writes it), the shared slot (Atomics.add) once the private ones are all
+   * Where this handle counts the bits it sets and clears: its thread's private slot (plain adds,
+   * as only this thread writes it), the shared slot (Atomics.add) once the private ones are all
    * taken, or -1 until the handle first changes a bit.
    */
   #countIndex = -1;
@@ -98,7 +99,7 @@ export class DirtyBitmap {
     this.#levelStart = layout.levelStart;
     this.#levelWords = layout.levelWords;
     this.#top = layout.top;
-    this.#topIndex = layout.levelStart[layout.top]!;
+    this.#topIndex = layout.levelWords[layout.top]! > 0 ? layout.levelStart[layout.top]! : QUIET_INDEX;
     this.#base = layout.levelStart[0]!;
     this.#frozen = frozen;
     this.#perByte = 1 / granularity;
@@ -261,12 +262,13 @@ export class DirtyBitmap {
     if (delta === 0) return 0;
     const a = this.#words;
     const i = this.#countIndex;
-    // A plain add: no other thread writes a private slot. The slot wraps at 2^32 (a writer's slot
-    // only grows, the copier's only shrinks); the sum of all slots is still exact.
+    // A plain add: no other thread writes a private slot. A slot counts what its thread set less
+    // what it cleared, so one that mostly marks or mostly clears drifts far and wraps at 2^32;
+    // the sum of all slots is still exact.
     if (i > SHARED_COUNT_INDEX) a[i] = a[i]! + delta;
     else if (i === SHARED_COUNT_INDEX) Atomics.add(a, i, delta);
     else {
-      this.#countIndex = claimCountSlot(a);
+      this.#countIndex = countSlotFor(this.#buffer, a);
       this.#flushCount(delta);
     }
     return 0;
@@ -356,7 +358,7 @@ export class DirtyBitmap {
   /**
    * Number of set bits, read in O(1) (a sum of {@link PRIVATE_COUNT_SLOTS} + 1 words). Exact
    * whenever no mark or clear is under way; during one it may lag by the bits that operation has
-   * changed but not yet counted (never below 0). Handles count in their own slots with plain
+   * changed but not yet counted (never below 0). Threads count in their own slots with plain
    * stores, so another thread's finished mark is counted here once something orders it before
    * this read: a message, or an Atomics operation both threads make on one word afterwards (as
    * the writer gate's active count does when the job proves ready).
@@ -592,15 +594,15 @@ export class DirtyBitmap {
    * Resolves `true` as soon as the bitmap has dirty bits (at once if it has some now), `false`
    * after `timeoutMs` without any. It waits on the top summary word, and a marker notifies only
    * when it raises that word from zero, so marking stays cheap; summary bits left over zero words
-   * are dropped first. It may resolve `true` spuriously: check {@link count}.
+   * are dropped first (searches drop most as they go, but after a drain by testAndClear alone,
+   * the first call walks them all: about 1 s for 2^30 bits all cleared). It may resolve `true`
+   * spuriously: check {@link count}.
    */
   async changed(timeoutMs: number): Promise<boolean> {
     if (!(timeoutMs >= 0)) throw new InvalidArgumentError(ErrorCode.INVALID_OPTION, `timeout must be at least 0 ms, not ${timeoutMs}`);
     if (this.count() > 0) return true;
-    // No bits, no top word to wait on: it can never become dirty.
-    if (this.bitCount === 0) return new Promise((resolve) => setTimeout(() => resolve(false), timeoutMs));
     const a = this.#words;
-    if (a[this.#topIndex] !== 0 && !this.#frozen) this.#pruneSummaries(this.#top, 0);
+    if (this.bitCount > 0 && a[this.#topIndex] !== 0 && !this.#frozen) this.#pruneSummaries(this.#top, 0);
     return waitForChange(a, this.#topIndex, 0, timeoutMs);
   }
 
@@ -672,10 +674,21 @@ function depositBits(out: Uint32Array, at: number, bits: number): void {
   if (shift !== 0 && i + 1 < out.length) out[i + 1]! |= bits >>> (32 - shift);
 }
 
-/** A count slot for a new handle: the next private one, or the shared one when none is left. */
-function claimCountSlot(words: Int32Array): number {
-  const k = Atomics.add(words, SLOT_CLAIM_INDEX, 1);
-  return k >= 0 && k < PRIVATE_COUNT_SLOTS ? COUNT_SLOT_INDEXES[1 + k]! : SHARED_COUNT_INDEX;
+/**
+ * This thread's count slot in each bitmap it has counted in (module state is per thread). A
+ * thread's handles share its slot, so reopening a bitmap often does not use up the private slots.
+ */
+const threadSlots = new WeakMap<SharedArrayBuffer, number>();
+
+/** This thread's count slot in `buffer`: claimed the first time, the next private one or the shared one. */
+function countSlotFor(buffer: SharedArrayBuffer, words: Int32Array): number {
+  let slot = threadSlots.get(buffer);
+  if (slot === undefined) {
+    const k = Atomics.add(words, SLOT_CLAIM_INDEX, 1);
+    slot = k >= 0 && k < PRIVATE_COUNT_SLOTS ? COUNT_SLOT_INDEXES[1 + k]! : SHARED_COUNT_INDEX;
+    threadSlots.set(buffer, slot);
+  }
+  return slot;
 }
 
 function frozenError(): BitmapError {

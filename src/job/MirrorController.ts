@@ -74,6 +74,12 @@ const TARGET_OVER_BASELINE = 2;
  * write-blocking mode, its own writes to the target), and holding the copy back only delays sync.
  */
 const STUCK_WINDOWS = 10;
+/**
+ * A measurement for being stuck that finds a target within this factor of the old one says the
+ * copy at its floor is what held the application back after all: no more of those until the copy
+ * mode changes, or the job would cycle between crawling, ramping up and backing off.
+ */
+const SAME_TARGET = 1.1;
 /** A ready job never drops back for a backlog smaller than this. */
 const READY_BACKLOG_FLOOR = 16 << 20;
 /**
@@ -93,6 +99,8 @@ interface Baseline {
   readonly since: number;
   writes: number;
   readonly p99s: number[];
+  /** The target before, when the measurement is for a tuner stuck at its floor. */
+  readonly stuckAt?: number;
 }
 
 /**
@@ -125,6 +133,8 @@ export class MirrorController {
   #stuck = 0;
   /** The copy mode changed: measure the target again at the next window. */
   #remeasureDue = false;
+  /** Whether being stuck at the floor may start a measurement (until one finds the same target). */
+  #stuckMayRemeasure = true;
 
   constructor(job: ControlledJob, options: MirrorControllerOptions) {
     this.#job = job;
@@ -180,14 +190,17 @@ export class MirrorController {
       this.#beginBaseline(nowMs); // the application started writing: measure it before pushing on
       return;
     }
+    // A measurement under way when the mode changed is partly of the old mode: start it over.
+    if (this.#remeasureDue && b !== 'idle') return this.#remeasure(nowMs, window);
     if (typeof b === 'object') {
       this.#collectBaseline(nowMs, b, window.app);
       return;
     }
-    if (this.#remeasureDue) return this.#remeasure(nowMs, window);
     const decision = this.#tuner.decide(window);
     this.#stuck = decision.reason === 'app-latency' && this.#tuner.atFloor ? this.#stuck + 1 : 0;
-    if (this.#stuck >= STUCK_WINDOWS && this.#o.latencyTargetMs === undefined) return this.#remeasure(nowMs, window);
+    if (this.#stuck >= STUCK_WINDOWS && this.#stuckMayRemeasure && this.#o.latencyTargetMs === undefined) {
+      return this.#remeasure(nowMs, window, this.#tuner.latencyTarget);
+    }
     this.#apply(decision.chunkSize, decision.queueDepth);
     this.#o.copier.setPace(decision.pace);
     this.#job.onTuning(decision);
@@ -198,10 +211,9 @@ export class MirrorController {
    * it: after a switch to write-blocking mode, or when the copy at its floor could not bring the
    * application back under the target.
    */
-  #remeasure(nowMs: number, window: TunerWindow): void {
-    this.#remeasureDue = false;
+  #remeasure(nowMs: number, window: TunerWindow, stuckAt?: number): void {
     this.#stuck = 0;
-    this.#beginBaseline(nowMs);
+    this.#beginBaseline(nowMs, stuckAt);
     this.#job.onTuning({
       chunkSize: this.#o.initial.chunkSize,
       queueDepth: 1,
@@ -215,8 +227,9 @@ export class MirrorController {
   }
 
   /** Holds the copier to a crawl while the application's own write latency is measured. */
-  #beginBaseline(nowMs: number): void {
-    this.#baseline = { since: nowMs, writes: 0, p99s: [] };
+  #beginBaseline(nowMs: number, stuckAt?: number): void {
+    this.#remeasureDue = false;
+    this.#baseline = { since: nowMs, writes: 0, p99s: [], ...(stuckAt === undefined ? {} : { stuckAt }) };
     this.#apply(this.#o.initial.chunkSize, 1);
     this.#o.copier.setPace(BASELINE_PACE);
   }
@@ -239,7 +252,9 @@ export class MirrorController {
     // Ramp up from one chunk in flight, a step at a time, under the measured target.
     const { chunkSize } = this.#o.initial;
     const p99s = b.p99s.sort((x, y) => x - y);
-    this.#tuner = new ChunkTuner(this.#o.limits, { chunkSize, inFlight: chunkSize }, TARGET_OVER_BASELINE * p99s[p99s.length >> 1]!);
+    const target = TARGET_OVER_BASELINE * p99s[p99s.length >> 1]!;
+    if (b.stuckAt !== undefined && target <= SAME_TARGET * b.stuckAt) this.#stuckMayRemeasure = false;
+    this.#tuner = new ChunkTuner(this.#o.limits, { chunkSize, inFlight: chunkSize }, target);
   }
 
   #apply(chunkSize: number, queueDepth: number): void {
@@ -285,7 +300,10 @@ export class MirrorController {
           void job.switchToWriteBlocking().then(() => {
             job.onConvergence({ ...state, action: 'write-blocking', throttle: gate.throttle });
             // Writes to copied granules now go to both sides: the application's own p99 changes.
-            if (this.#baseline === 'done' && this.#o.latencyTargetMs === undefined) this.#remeasureDue = true;
+            if (job.copyMode === 'write-blocking' && this.#o.adaptive && this.#o.latencyTargetMs === undefined) {
+              this.#remeasureDue = true;
+              this.#stuckMayRemeasure = true;
+            }
           });
         }
         return;

@@ -128,7 +128,8 @@ export class ChunkTuner {
 
   /**
    * True when the tuner has nothing left to give: one operation in flight at its slowest pace.
-   * An application still over the target then is not slowed by the copy.
+   * An application still over the target then is slowed by something else, or by even that much
+   * copying (a new measurement of the target tells which).
    */
   get atFloor(): boolean {
     return this.queueDepth === 1 && this.#pace !== undefined && this.#pace <= this.#floor;

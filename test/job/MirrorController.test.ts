@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import type { TuningDecision } from '../../src/sched/ChunkTuner.js';
 import {
   MirrorController,
@@ -179,11 +179,27 @@ describe('MirrorController', () => {
     const { c, paces } = measuringController(job);
     let t = tickWithLatency(c, 0, 1100, 200); // target: twice 200 µs
     expect(c.latencyTargetMicros).toBeCloseTo(400, -1);
+    const before = paces.length;
     // The application slows down on its own: backing the copy off does not help.
     t = tickWithLatency(c, t, 6000, 5000);
     expect(job.tunings.some((d) => d.reason === 'remeasure')).toBe(true);
-    expect(paces).toContain(1 << 20);
+    expect(paces.slice(before)).toContain(1 << 20); // crawled again to measure
     expect(c.latencyTargetMicros).toBeCloseTo(10_000, -2);
+  });
+
+  it('measures only once when the copy at its floor is what keeps the application over the target', () => {
+    const job = new FakeJob();
+    job.backlogBytes = 1e12;
+    const { c, paces } = measuringController(job);
+    // The application is fast only while the copy crawls (1 MiB/s), as while the target is measured.
+    const start = tickWithLatency(c, 0, 1100, 200);
+    for (let t = start; t <= 30_000; t += 100) {
+      const pace = paces.at(-1);
+      for (let i = 0; i < 20; i++) c.appLatency.record(pace !== undefined && pace <= 1 << 20 ? 200 : 1000);
+      c.tick(t);
+    }
+    expect(job.tunings.filter((d) => d.reason === 'remeasure')).toHaveLength(1);
+    expect(c.latencyTargetMicros).toBeCloseTo(400, -1);
   });
 
   it('keeps a target the user gave, even when the copy at its floor cannot meet it', () => {
@@ -209,7 +225,7 @@ describe('MirrorController', () => {
       c.tick(t);
     }
     expect(job.copyMode).toBe('write-blocking');
-    await Promise.resolve(); // the switch settles
+    await vi.waitFor(() => expect(job.convergence.some((e) => e.action === 'write-blocking')).toBe(true));
     tickWithLatency(c, t, t + 1200, 1000); // writes to both sides take longer
     expect(job.tunings.some((d) => d.reason === 'remeasure')).toBe(true);
     expect(c.latencyTargetMicros).toBeCloseTo(2000, -2);
