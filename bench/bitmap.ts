@@ -159,10 +159,10 @@ async function singleThreadTasks(rows: ResultRow[]): Promise<void> {
     rows.push(
       { operation: 'mark (random 4 KiB write, new bit)', case: label, batch: BATCH, task: taskOf(bench, 'mark') },
       ...(fraction < 0.01
-        ? [{ operation: 'mark (random 4 KiB write, new bit, summaries just cleaned)', case: label, batch: BATCH, task: taskOf(bench, 'mark after scan') }]
-        : []),
-      ...(fraction < 0.01
-        ? [{ operation: 'mark, main thread (1 Mi random 4 KiB writes a call)', case: label, batch: THREAD_BATCH, task: taskOf(bench, 'mark stream') }]
+        ? [
+            { operation: 'mark (random 4 KiB write, new bit, summaries just cleaned)', case: label, batch: BATCH, task: taskOf(bench, 'mark after scan') },
+            { operation: 'mark, main thread (1 Mi random 4 KiB writes a call)', case: label, batch: THREAD_BATCH, task: taskOf(bench, 'mark stream') },
+          ]
         : []),
       { operation: 'mark (random 4 KiB write, bit already set)', case: label, batch: BATCH, task: taskOf(bench, 'mark again') },
       { operation: 'testAndClear (16 bits = 1 MiB, random)', case: label, batch: BATCH, task: taskOf(bench, 'testAndClear') },

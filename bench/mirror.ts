@@ -164,6 +164,8 @@ async function main(): Promise<void> {
   const size = parseSize(values.size!, '--size');
   const seconds = Number(values.seconds);
   const runs = Number(values.runs);
+  const granularity = values.granularity === undefined ? undefined : parseSize(values.granularity, '--granularity');
+  const target = values['latency-target'] === undefined ? undefined : Number(values['latency-target']);
   const dir = resolve(values.dir!);
   await mkdir(dir, { recursive: true });
   const src = join(dir, 'mirror-src.img');
@@ -182,8 +184,6 @@ async function main(): Promise<void> {
     console.error(`fio alone (${rate} IOPS asked): ${baseline.iops.toFixed(0)} IOPS, p99 ${ms(baseline.p99)} ms`);
     for (let run = 1; run <= runs; run++) {
       for (const policy of values.policies!.split(',') as NoConvergencePolicy[]) {
-        const granularity = values.granularity === undefined ? undefined : parseSize(values.granularity, '--granularity');
-        const target = values['latency-target'] === undefined ? undefined : Number(values['latency-target']);
         const r = await mirrorRun(src, dst, socket, size, policy, seconds, iops, granularity, target, values['copy-mode'] as CopyMode, values.timeline!);
         console.error(
           `  run ${run} ${policy}: ready ${r.readySeconds?.toFixed(1) ?? 'never'} s, copied ${r.copiedPerImageByte.toFixed(2)}× the image, ` +

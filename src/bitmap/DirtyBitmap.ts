@@ -602,7 +602,8 @@ export class DirtyBitmap {
     if (!(timeoutMs >= 0)) throw new InvalidArgumentError(ErrorCode.INVALID_OPTION, `timeout must be at least 0 ms, not ${timeoutMs}`);
     if (this.count() > 0) return true;
     const a = this.#words;
-    if (this.bitCount > 0 && a[this.#topIndex] !== 0 && !this.#frozen) this.#pruneSummaries(this.#top, 0);
+    // An image of no bits waits on QUIET_INDEX, which stays 0.
+    if (a[this.#topIndex] !== 0 && !this.#frozen) this.#pruneSummaries(this.#top, 0);
     return waitForChange(a, this.#topIndex, 0, timeoutMs);
   }
 

@@ -129,18 +129,22 @@ export class MirrorController {
   #baseline: 'done' | 'idle' | Baseline;
   #lastThrottleStep = 0;
   #switching = false;
+  /** The latency target is measured (adaptive, and none given), so it may be measured again. */
+  readonly #measuresTarget: boolean;
   /** Windows in a row with the application over the target and the copy at the tuner's floor. */
   #stuck = 0;
   /** The copy mode changed: measure the target again at the next window. */
   #remeasureDue = false;
   /** Whether being stuck at the floor may start a measurement (until one finds the same target). */
-  #stuckMayRemeasure = true;
+  #stuckMayRemeasure: boolean;
 
   constructor(job: ControlledJob, options: MirrorControllerOptions) {
     this.#job = job;
     this.#o = options;
     const target = options.latencyTargetMs === undefined ? undefined : options.latencyTargetMs * 1000;
-    this.#baseline = target !== undefined || !options.adaptive ? 'done' : { since: 0, writes: 0, p99s: [] };
+    this.#measuresTarget = options.adaptive && target === undefined;
+    this.#stuckMayRemeasure = this.#measuresTarget;
+    this.#baseline = this.#measuresTarget ? { since: 0, writes: 0, p99s: [] } : 'done';
     this.#tuner = new ChunkTuner(options.limits, options.initial, target);
   }
 
@@ -198,7 +202,7 @@ export class MirrorController {
     }
     const decision = this.#tuner.decide(window);
     this.#stuck = decision.reason === 'app-latency' && this.#tuner.atFloor ? this.#stuck + 1 : 0;
-    if (this.#stuck >= STUCK_WINDOWS && this.#stuckMayRemeasure && this.#o.latencyTargetMs === undefined) {
+    if (this.#stuck >= STUCK_WINDOWS && this.#stuckMayRemeasure) {
       return this.#remeasure(nowMs, window, this.#tuner.latencyTarget);
     }
     this.#apply(decision.chunkSize, decision.queueDepth);
@@ -300,7 +304,7 @@ export class MirrorController {
           void job.switchToWriteBlocking().then(() => {
             job.onConvergence({ ...state, action: 'write-blocking', throttle: gate.throttle });
             // Writes to copied granules now go to both sides: the application's own p99 changes.
-            if (job.copyMode === 'write-blocking' && this.#o.adaptive && this.#o.latencyTargetMs === undefined) {
+            if (job.copyMode === 'write-blocking' && this.#measuresTarget) {
               this.#remeasureDue = true;
               this.#stuckMayRemeasure = true;
             }
