@@ -7,7 +7,12 @@
  *   npm run bench:mirror -- [--size 4G] [--policies report,write-blocking,throttle]
  *                           [--rates max,5000,20000] [--seconds 20] [--runs 1] [--granularity 64K]
  *                           [--latency-target MS] [--copy-mode background|write-blocking]
- *                           [--timeline] [--dir DIR] [--json FILE]
+ *                           [--direct-target] [--timeline] [--dir DIR] [--json FILE]
+ *
+ * Before each writer run (alone or mirrored) the source's dirty pages are written back, so that
+ * no run pays for the write-back of the writes of the run before it.
+ *
+ * `--direct-target` opens the target with O_DIRECT (the source stays in the page cache).
  *
  * `--timeline` prints, every second of each mirrored run, the writer's writes, the copy mode, the
  * job's status, its dirty bytes, its bytes copied and the tuner's latest choices (to stderr).
@@ -101,11 +106,13 @@ async function mirrorRun(
   granularity: number | undefined,
   latencyTarget: number | undefined,
   copyMode: CopyMode,
+  directTarget: boolean,
   timeline: boolean,
 ) {
   await rm(dst, { force: true });
   const started = performance.now();
-  const job = await startMirror({ source: src, target: dst, onNoConvergence: policy, granularity, latencyTarget, copyMode });
+  const target = directTarget ? { kind: 'file' as const, path: dst, role: 'target' as const, writable: true, direct: true } : dst;
+  const job = await startMirror({ source: src, target, onNoConvergence: policy, granularity, latencyTarget, copyMode });
   const decisions: TuningDecision[] = [];
   job.on('tuning', (d) => decisions.push(d));
   const chunkSizes: number[] = [];
@@ -145,6 +152,16 @@ async function mirrorRun(
 
 const ms = (micros: number): string => (micros / 1000).toFixed(2);
 
+/** Writes back a file's dirty pages. */
+async function writeBack(path: string): Promise<void> {
+  const file = await FileDevice.open({ kind: 'file', path, writable: true });
+  try {
+    await file.flush();
+  } finally {
+    await file.close();
+  }
+}
+
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
@@ -156,6 +173,7 @@ async function main(): Promise<void> {
       granularity: { type: 'string' },
       'latency-target': { type: 'string' },
       'copy-mode': { type: 'string', default: 'background' },
+      'direct-target': { type: 'boolean', default: false },
       timeline: { type: 'boolean', default: false },
       dir: { type: 'string', default: join(process.cwd(), '.bm-bench') },
       json: { type: 'string' },
@@ -178,13 +196,15 @@ async function main(): Promise<void> {
   const results: MirrorBenchResult[] = [];
   for (const rate of values.rates!.split(',')) {
     const iops = rate === 'max' ? 0 : Number(rate);
+    await writeBack(src);
     const plain = await FileDevice.open({ kind: 'file', path: src, writable: true });
     const baseline = await writeThrough(plain, socket, size, seconds, iops);
     await plain.close();
     console.error(`fio alone (${rate} IOPS asked): ${baseline.iops.toFixed(0)} IOPS, p99 ${ms(baseline.p99)} ms`);
     for (let run = 1; run <= runs; run++) {
       for (const policy of values.policies!.split(',') as NoConvergencePolicy[]) {
-        const r = await mirrorRun(src, dst, socket, size, policy, seconds, iops, granularity, target, values['copy-mode'] as CopyMode, values.timeline!);
+        await writeBack(src);
+        const r = await mirrorRun(src, dst, socket, size, policy, seconds, iops, granularity, target, values['copy-mode'] as CopyMode, values['direct-target']!, values.timeline!);
         console.error(
           `  run ${run} ${policy}: ready ${r.readySeconds?.toFixed(1) ?? 'never'} s, copied ${r.copiedPerImageByte.toFixed(2)}× the image, ` +
             `${r.writer.iops.toFixed(0)} IOPS (${((100 * r.writer.iops) / baseline.iops).toFixed(0)} % of unmirrored), p99 ${ms(r.writer.p99)} ms`,
