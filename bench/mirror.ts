@@ -95,20 +95,22 @@ interface MirrorBenchResult {
   readonly copyModeAtEnd: string;
 }
 
-async function mirrorRun(
-  src: string,
-  dst: string,
-  socket: string,
-  size: number,
-  policy: NoConvergencePolicy,
-  seconds: number,
-  iops: number,
-  granularity: number | undefined,
-  latencyTarget: number | undefined,
-  copyMode: CopyMode,
-  directTarget: boolean,
-  timeline: boolean,
-) {
+/** What every mirrored run of one invocation shares. */
+interface MirrorRunSetup {
+  readonly src: string;
+  readonly dst: string;
+  readonly socket: string;
+  readonly size: number;
+  readonly seconds: number;
+  readonly granularity: number | undefined;
+  readonly latencyTarget: number | undefined;
+  readonly copyMode: CopyMode;
+  readonly directTarget: boolean;
+  readonly timeline: boolean;
+}
+
+async function mirrorRun(setup: MirrorRunSetup, policy: NoConvergencePolicy, iops: number) {
+  const { src, dst, socket, size, seconds, granularity, latencyTarget, copyMode, directTarget, timeline } = setup;
   await rm(dst, { force: true });
   const started = performance.now();
   const target = directTarget ? { kind: 'file' as const, path: dst, role: 'target' as const, writable: true, direct: true } : dst;
@@ -193,6 +195,18 @@ async function main(): Promise<void> {
     console.error(`making a ${formatBytes(size)} random source ${src}`);
     await makeSampleImage(src, { size, holeFraction: 0 });
   }
+  const setup: MirrorRunSetup = {
+    src,
+    dst,
+    socket,
+    size,
+    seconds,
+    granularity,
+    latencyTarget: target,
+    copyMode: values['copy-mode'] as CopyMode,
+    directTarget: values['direct-target']!,
+    timeline: values.timeline!,
+  };
   const results: MirrorBenchResult[] = [];
   for (const rate of values.rates!.split(',')) {
     const iops = rate === 'max' ? 0 : Number(rate);
@@ -204,7 +218,7 @@ async function main(): Promise<void> {
     for (let run = 1; run <= runs; run++) {
       for (const policy of values.policies!.split(',') as NoConvergencePolicy[]) {
         await writeBack(src);
-        const r = await mirrorRun(src, dst, socket, size, policy, seconds, iops, granularity, target, values['copy-mode'] as CopyMode, values['direct-target']!, values.timeline!);
+        const r = await mirrorRun(setup, policy, iops);
         console.error(
           `  run ${run} ${policy}: ready ${r.readySeconds?.toFixed(1) ?? 'never'} s, copied ${r.copiedPerImageByte.toFixed(2)}× the image, ` +
             `${r.writer.iops.toFixed(0)} IOPS (${((100 * r.writer.iops) / baseline.iops).toFixed(0)} % of unmirrored), p99 ${ms(r.writer.p99)} ms`,
