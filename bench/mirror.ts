@@ -154,7 +154,7 @@ async function mirrorRun(setup: MirrorRunSetup, policy: NoConvergencePolicy, iop
 
 const ms = (micros: number): string => (micros / 1000).toFixed(2);
 
-/** Writes back a file's dirty pages. */
+/** Writes back a file's dirty pages (those of the run before, so the next run does not pay for them). */
 async function writeBack(path: string): Promise<void> {
   const file = await FileDevice.open({ kind: 'file', path, writable: true });
   try {
@@ -185,7 +185,7 @@ async function main(): Promise<void> {
   const seconds = Number(values.seconds);
   const runs = Number(values.runs);
   const granularity = values.granularity === undefined ? undefined : parseSize(values.granularity, '--granularity');
-  const target = values['latency-target'] === undefined ? undefined : Number(values['latency-target']);
+  const latencyTarget = values['latency-target'] === undefined ? undefined : Number(values['latency-target']);
   const dir = resolve(values.dir!);
   await mkdir(dir, { recursive: true });
   const src = join(dir, 'mirror-src.img');
@@ -202,7 +202,7 @@ async function main(): Promise<void> {
     size,
     seconds,
     granularity,
-    latencyTarget: target,
+    latencyTarget,
     copyMode: values['copy-mode'] as CopyMode,
     directTarget: values['direct-target']!,
     timeline: values.timeline!,
@@ -210,8 +210,8 @@ async function main(): Promise<void> {
   const results: MirrorBenchResult[] = [];
   for (const rate of values.rates!.split(',')) {
     const iops = rate === 'max' ? 0 : Number(rate);
-    await writeBack(src);
     const plain = await FileDevice.open({ kind: 'file', path: src, writable: true });
+    await plain.flush(); // the run before it left dirty pages: write them back first
     const baseline = await writeThrough(plain, socket, size, seconds, iops);
     await plain.close();
     console.error(`fio alone (${rate} IOPS asked): ${baseline.iops.toFixed(0)} IOPS, p99 ${ms(baseline.p99)} ms`);
