@@ -1,7 +1,7 @@
 import type { MirrorJob, MirrorProgress } from '../job/MirrorJob.js';
 import { formatBytes } from '../util/size.js';
 import { emitEvent, finiteOrNull } from './output.js';
-import type { ProgressBar } from './ProgressBar.js';
+import { FieldPriority, type BarField, type ProgressBar } from './ProgressBar.js';
 
 /** Progress is shown this often while data moves... */
 const BUSY_INTERVAL_MS = 100;
@@ -19,9 +19,16 @@ export function progressFields(job: MirrorJob, p: MirrorProgress = job.progress(
   };
 }
 
-/** The text after a mirror's progress bar (which shows the copy rate already): phase, dirty bytes, dirty rate. */
-function barNote(job: MirrorJob, p: MirrorProgress): string {
-  return `${job.status} | dirty ${formatBytes(p.dirtyBytes)} | dirtied ${formatBytes(p.dirtyRate)}/s`;
+/**
+ * The fields a mirror adds to its progress bar (which shows the copy rate already): phase, dirty
+ * bytes, dirty rate, each with its priority for a narrow terminal.
+ */
+export function mirrorBarFields(status: string, p: Pick<MirrorProgress, 'dirtyBytes' | 'dirtyRate'>): BarField[] {
+  return [
+    { text: status, priority: FieldPriority.PHASE },
+    { text: `dirty ${formatBytes(p.dirtyBytes)}`, priority: FieldPriority.DIRTY },
+    { text: `dirtied ${formatBytes(p.dirtyRate)}/s`, priority: FieldPriority.DIRTY_RATE },
+  ];
 }
 
 /**
@@ -37,7 +44,7 @@ export function showMirrorProgress(job: MirrorJob, out: { readonly json: boolean
     if (p.synced && now - last < IDLE_INTERVAL_MS) return;
     last = now;
     if (out.json) emitEvent('progress', progressFields(job, p));
-    out.bar?.update({ done: p.offset, total: p.len, rate: p.copyRate, etaSeconds: p.etaToReady, note: barNote(job, p) });
+    out.bar?.update({ done: p.offset, total: p.len, rate: p.copyRate, etaSeconds: p.etaToReady, fields: mirrorBarFields(job.status, p) });
   };
   const timer = setInterval(tick, BUSY_INTERVAL_MS);
   return {

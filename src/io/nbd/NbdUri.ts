@@ -36,16 +36,26 @@ export function isNbdUri(location: string): boolean {
   return m !== null && /^nbds?(\+[a-z]+)?$/i.test(m[1]!);
 }
 
+/** Longest URI an error message quotes in full: a message stays a line even for megabytes of input. */
+const MAX_QUOTED = 200;
+
 function badUri(uri: string, why: string): InvalidArgumentError {
-  return new InvalidArgumentError(ErrorCode.BAD_URI, `bad NBD URI '${uri}': ${why}`);
+  const quoted = uri.length <= MAX_QUOTED ? `'${uri}'` : `'${uri.slice(0, MAX_QUOTED)}...' (${uri.length} characters)`;
+  return new InvalidArgumentError(ErrorCode.BAD_URI, `bad NBD URI ${quoted}: ${why}`);
 }
 
+/** A lone UTF-16 surrogate: it has no UTF-8 form, so it would go out as U+FFFD (another name, another path). */
+const LONE_SURROGATE = /\p{Cs}/u;
+
 function decode(uri: string, text: string, what: string): string {
+  let decoded: string;
   try {
-    return decodeURIComponent(text);
+    decoded = decodeURIComponent(text);
   } catch {
     throw badUri(uri, `${what} has a malformed %-escape`);
   }
+  if (LONE_SURROGATE.test(decoded)) throw badUri(uri, `${what} is not valid Unicode (a lone surrogate)`);
+  return decoded;
 }
 
 /**
@@ -58,10 +68,10 @@ export function parseNbdUri(uri: string, options: { forListening?: boolean } = {
   const scheme = SCHEME.exec(uri)?.[1]?.toLowerCase();
   if (scheme === undefined || !isNbdUri(uri)) throw badUri(uri, 'the scheme must be nbd:// or nbd+unix://');
   if (scheme.startsWith('nbds')) {
-    throw new NbdError(ErrorCode.NBD_UNSUPPORTED, `NBD over TLS (${scheme}://) is not supported; use nbd:// or nbd+unix://`);
+    throw new NbdError(ErrorCode.NBD_UNSUPPORTED, `NBD over TLS (${clip(scheme)}://) is not supported; use nbd:// or nbd+unix://`);
   }
   if (scheme !== 'nbd' && scheme !== 'nbd+unix') {
-    throw new NbdError(ErrorCode.NBD_UNSUPPORTED, `NBD transport ${scheme}:// is not supported; use nbd:// or nbd+unix://`);
+    throw new NbdError(ErrorCode.NBD_UNSUPPORTED, `NBD transport ${clip(scheme)}:// is not supported; use nbd:// or nbd+unix://`);
   }
   const rest = uri.slice(scheme.length + 1);
   if (!rest.startsWith('//')) throw badUri(uri, `expected ${scheme}:// (with two slashes)`);
@@ -79,8 +89,8 @@ export function parseNbdUri(uri: string, options: { forListening?: boolean } = {
 
   for (const [key] of query) {
     if (key === 'socket' && scheme === 'nbd+unix') continue;
-    if (key.startsWith('tls-')) throw new NbdError(ErrorCode.NBD_UNSUPPORTED, `NBD over TLS (${key}) is not supported`);
-    throw badUri(uri, `unknown query parameter '${key}'`);
+    if (key.startsWith('tls-')) throw new NbdError(ErrorCode.NBD_UNSUPPORTED, `NBD over TLS (${clip(key)}) is not supported`);
+    throw badUri(uri, `unknown query parameter '${clip(key)}'`);
   }
 
   if (scheme === 'nbd+unix') {
@@ -99,7 +109,7 @@ function parseQuery(uri: string, query: string): [string, string][] {
   return query.split('&').map((pair) => {
     const eq = pair.indexOf('=');
     const key = eq < 0 ? pair : pair.slice(0, eq);
-    return [decode(uri, key, 'a query parameter'), eq < 0 ? '' : decode(uri, pair.slice(eq + 1), `query parameter '${key}'`)];
+    return [decode(uri, key, 'a query parameter'), eq < 0 ? '' : decode(uri, pair.slice(eq + 1), `query parameter '${clip(key)}'`)];
   });
 }
 
@@ -112,7 +122,7 @@ function parseAuthority(uri: string, authority: string, forListening: boolean): 
     if (close < 0) throw badUri(uri, 'unclosed [ in an IPv6 address');
     host = hostPort.slice(1, close);
     const after = hostPort.slice(close + 1);
-    if (after !== '' && !after.startsWith(':')) throw badUri(uri, `unexpected '${after}' after the IPv6 address`);
+    if (after !== '' && !after.startsWith(':')) throw badUri(uri, `unexpected '${clip(after)}' after the IPv6 address`);
     portText = after === '' ? undefined : after.slice(1);
   } else {
     const colon = hostPort.indexOf(':');
@@ -126,19 +136,29 @@ function parseAuthority(uri: string, authority: string, forListening: boolean): 
   }
   let port = NBD_DEFAULT_PORT;
   if (portText !== undefined && portText !== '') {
-    if (!/^\d{1,5}$/.test(portText) || Number(portText) > 65535) throw badUri(uri, `'${portText}' is not a port number`);
+    // RFC 3986 allows leading zeros (`:010809`); Number() of a very long run of digits is Infinity.
+    if (!/^\d+$/.test(portText) || Number(portText) > 65535) throw badUri(uri, `'${clip(portText)}' is not a port number`);
     port = Number(portText);
   }
   return { host, port };
 }
 
-/** Writes an address back as a canonical NBD URI (export names and socket paths %-encoded). */
+/** A piece of input as a message quotes it. */
+function clip(text: string): string {
+  return text.length <= 40 ? text : `${text.slice(0, 40)}...`;
+}
+
+/**
+ * Writes an address back as a canonical NBD URI that {@link parseNbdUri} reads as the same
+ * address: export names, socket paths and hosts %-encoded (a host may hold `/`, `@` or `%`, an
+ * IPv6 zone ID as in `fe80::1%25eth0`), IPv6 addresses in brackets.
+ */
 export function formatNbdUri(address: NbdAddress): string {
   const path = encodeURIComponent(address.exportName).replace(/%2F/gi, '/');
   if (address.transport === 'unix') {
     return `nbd+unix:///${path}?socket=${encodeURIComponent(address.socket).replace(/%2F/gi, '/')}`;
   }
-  const host = address.host.includes(':') ? `[${address.host}]` : address.host;
+  const host = address.host.includes(':') ? `[${encodeURIComponent(address.host).replace(/%3A/gi, ':')}]` : encodeURIComponent(address.host);
   return `nbd://${host}:${address.port}/${path}`;
 }
 
