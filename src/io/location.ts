@@ -1,3 +1,4 @@
+import { ErrorCode, InvalidArgumentError } from '../errors.js';
 import type { DeviceRole, DeviceSpec } from './BlockDevice.js';
 import { isNbdUri, parseNbdUri } from './nbd/NbdUri.js';
 
@@ -19,4 +20,31 @@ export function deviceSpecFor(location: string, options: LocationOptions): Devic
     return { kind: 'nbd', uri: location, role: options.role, writable: options.writable };
   }
   return { kind: 'file', path: location, role: options.role, writable: options.writable, direct: options.direct ?? false };
+}
+
+/** A value as an error message names it: its type, and its text when short. */
+export function describeValue(value: unknown): string {
+  if (value === null) return 'null';
+  if (Array.isArray(value)) return 'an array';
+  if (typeof value === 'object') return 'an object';
+  if (typeof value === 'string') return value === '' ? 'an empty string' : `'${value.slice(0, 60)}'`;
+  return `${typeof value} ${String(value)}`;
+}
+
+/**
+ * Checks that a source or target argument is a location (a non-empty path or NBD URI), so a
+ * wrong argument fails naming itself rather than as an I/O error on "[object Object]".
+ */
+export function checkLocation(value: unknown, name: 'source' | 'target'): string {
+  if (typeof value === 'string' && value !== '') return value;
+  throw new InvalidArgumentError(ErrorCode.INVALID_OPTION, `${name} must be a path or an NBD URI (a non-empty string), not ${describeValue(value)}`);
+}
+
+/** Checks a source or target that may also be a device spec (`{ kind: 'file' | 'nbd', ... }`). */
+export function checkLocationOrSpec(value: unknown, name: 'source' | 'target'): string | DeviceSpec {
+  if (typeof value === 'object' && value !== null && ((value as DeviceSpec).kind === 'file' || (value as DeviceSpec).kind === 'nbd')) return value as DeviceSpec;
+  if (typeof value === 'object' && value !== null) {
+    throw new InvalidArgumentError(ErrorCode.INVALID_OPTION, `${name} must be a path, an NBD URI or a device spec with kind 'file' or 'nbd', not ${describeValue(value)}`);
+  }
+  return checkLocation(value, name);
 }

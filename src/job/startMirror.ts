@@ -2,7 +2,7 @@ import { DirtyBitmap, MAX_GRANULARITY, MIN_GRANULARITY } from '../bitmap/DirtyBi
 import { loadBitmap } from '../bitmap/BitmapFile.js';
 import { BitmapError, ErrorCode, InvalidArgumentError } from '../errors.js';
 import type { BlockDevice, DeviceSpec } from '../io/BlockDevice.js';
-import { deviceSpecFor } from '../io/location.js';
+import { checkLocationOrSpec, deviceSpecFor, describeValue } from '../io/location.js';
 import { openDevice } from '../io/openDevice.js';
 import { checkTargetSize, prepareTarget } from '../io/prepareTarget.js';
 import { createCopyRunner } from '../workers/createCopyRunner.js';
@@ -164,14 +164,19 @@ async function openOwned(spec: DeviceSpec, opened: BlockDevice[]): Promise<Block
  * application's I/O through `job.device` (or, on other threads, through `job.tracker()`).
  */
 export async function startMirror(options: MirrorOptions): Promise<MirrorJob> {
+  if (typeof options !== 'object' || options === null) {
+    throw invalid(`startMirror takes one options object ({ source, target, ... }), not ${describeValue(options)}`);
+  }
   const tuning = checkOptions(options);
+  const sourceLocation = checkLocationOrSpec(options.source, 'source');
+  const targetLocation = checkLocationOrSpec(options.target, 'target');
   const sourceSpec =
-    typeof options.source === 'string' ? deviceSpecFor(options.source, { role: 'source', writable: true, direct: options.direct }) : options.source;
+    typeof sourceLocation === 'string' ? deviceSpecFor(sourceLocation, { role: 'source', writable: true, direct: options.direct }) : sourceLocation;
   const opened: BlockDevice[] = [];
   try {
     const source = options.sourceDevice ?? (await openOwned(sourceSpec, opened));
     const targetSpec =
-      typeof options.target === 'string' ? deviceSpecFor(options.target, { role: 'target', writable: true, direct: options.direct }) : options.target;
+      typeof targetLocation === 'string' ? deviceSpecFor(targetLocation, { role: 'target', writable: true, direct: options.direct }) : targetLocation;
     if (!options.targetDevice) await prepareTarget(targetSpec, sourceSpec, source.size);
     const target = options.targetDevice ?? (await openOwned(targetSpec, opened));
     checkTargetSize(target.description, target.size, source.size);

@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { resolve } from 'node:path';
 import { afterEach, expect } from 'vitest';
+import { has } from './peers.js';
 
 /** The built command line (`npm test` builds first). */
 export const CLI = resolve(import.meta.dirname, '../../dist/cli/bin.js');
@@ -12,16 +13,35 @@ export interface CliRun {
   readonly stderr: string;
 }
 
+const isRoot = process.getuid?.() === 0;
+
 /**
- * Runs `blockmirror ARGS...` to completion. `onStdout` sees output as it arrives (to send a
- * signal at the right moment, say).
+ * Why file permissions cannot be enforced on a command run here, or undefined when they can.
+ * Root reads any file, so as root the command runs with the capabilities that let it do so
+ * dropped (setpriv, from util-linux): it stays root, so it can still load the CLI from a
+ * checkout that other users cannot enter (a clone under /root, say).
  */
-export function runCli(
-  args: readonly string[],
-  options: SpawnOptions & { onStdout?: (chunk: string, child: ReturnType<typeof spawn>) => void } = {},
-): Promise<CliRun> {
+export function permissionsUnenforceable(): string | undefined {
+  if (!isRoot || has('setpriv')) return undefined;
+  return 'running as root without setpriv (util-linux), so file permissions cannot be enforced';
+}
+
+/** Options of {@link runCli}. */
+export interface RunCliOptions extends SpawnOptions {
+  /** Sees output as it arrives (to send a signal at the right moment, say). */
+  onStdout?: (chunk: string, child: ReturnType<typeof spawn>) => void;
+  /** Run where file permission bits apply, even as root (see {@link permissionsUnenforceable}). */
+  enforcePermissions?: boolean;
+}
+
+/** Runs `blockmirror ARGS...` to completion. */
+export function runCli(args: readonly string[], options: RunCliOptions = {}): Promise<CliRun> {
+  const [cmd, argv] =
+    options.enforcePermissions && isRoot
+      ? ['setpriv', ['--bounding-set', '-dac_override,-dac_read_search', '--', process.execPath, CLI, ...args]]
+      : [process.execPath, [CLI, ...args]];
   return new Promise((done, fail) => {
-    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], ...options });
+    const child = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'], ...options });
     let stdout = '';
     let stderr = '';
     child.stdout!.on('data', (d: Buffer) => {

@@ -199,6 +199,21 @@ describe('startMirror', () => {
     await expect(readFile(dst)).rejects.toThrow();
   });
 
+  it.each([
+    ['a number as the source', (dst: string) => ({ source: 7 as never, target: dst }), /source must be .*not number 7/],
+    ['an object that is no device spec as the target', (_dst: string, src: string) => ({ source: src, target: { path: 'x' } as never }), /target must be .*device spec/],
+  ])('refuses %s with BM_ERR_INVALID_OPTION naming the argument', async (_name, options, message) => {
+    const { src, dst } = await setup(MiB);
+    await expect(startMirror(options(dst, src))).rejects.toMatchObject({ code: ErrorCode.INVALID_OPTION, message: expect.stringMatching(message) });
+  });
+
+  it('refuses positional arguments with BM_ERR_INVALID_OPTION, saying it takes one object', async () => {
+    await expect((startMirror as (...a: unknown[]) => Promise<unknown>)('src.img', 'dst.img')).rejects.toMatchObject({
+      code: ErrorCode.INVALID_OPTION,
+      message: expect.stringMatching(/one options object/),
+    });
+  });
+
   it('refuses a target smaller than the source with BM_ERR_SIZE_MISMATCH', async () => {
     const { src, dst } = await setup(MiB);
     await writeFile(dst, Buffer.alloc(1000));
