@@ -1,14 +1,20 @@
 /**
  * Whole-copy benchmark: blockmirror against nbdcopy, qemu-img convert, cp and dd on the same
  * images in one run, every tool ending with its data on disk. Tools alternate within each round
- * (so a noisy minute hurts all of them alike); medians over rounds; ratios to nbdcopy.
+ * (so a noisy minute hurts all of them alike); medians over rounds; ratios to nbdcopy, of wall
+ * time and of CPU-seconds (user + system of the tool's processes). Each run also records how much
+ * the page cache grew (Cached in /proc/meminfo, before and after).
  *
- *   npm run bench:copy -- [--size 4G] [--runs 3] [--cache warm,cold] [--variants random,sparse]
+ * Variants: `random` (--size of random data), `sparse` (--size, half holes), `sparse64` (64 GiB
+ * holding 1 GiB of data in 8 runs, the shape of a VM disk; dd, which reads every hole, skips it).
+ *
+ *   npm run bench:copy -- [--size 4G] [--runs 5] [--cache warm,cold] [--variants random,sparse,sparse64]
  *                         [--tools blockmirror,nbdcopy,qemu-img,cp,dd] [--dir DIR] [--json FILE]
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { mkdir, rm, stat, writeFile } from 'node:fs/promises';
+import { randomFillSync } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
+import { mkdir, open, rm, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { formatBytes, parseSize } from '../src/util/size.js';
@@ -51,10 +57,64 @@ export interface CopyBenchResult {
   readonly tool: string;
   readonly variant: string;
   readonly cache: string;
+  /** Bytes of the source image. */
+  readonly size: number;
   readonly seconds: number[];
   readonly median: number;
+  /** CPU-seconds (user + system) of each run, and their median. */
+  readonly cpuSeconds: number[];
+  readonly cpuMedian: number;
+  /** Growth of the page cache over each run, bytes, and its median. */
+  readonly cacheGrowth: number[];
+  readonly cacheGrowthMedian: number;
+  /** Slowest run over the median (the target is at most 2). */
+  readonly worstToMedian: number;
   /** Median divided by nbdcopy's median for the same variant and cache (absent without nbdcopy). */
   readonly ratioToNbdcopy?: number;
+  /** CPU median divided by nbdcopy's. */
+  readonly cpuRatioToNbdcopy?: number;
+}
+
+/** The sparse64 variant: 64 GiB holding 1 GiB of data in 8 runs of 128 MiB. */
+const SPARSE64 = { size: 64 * 2 ** 30, runs: 8, runBytes: 128 * 2 ** 20 } as const;
+
+/** One measured run: wall seconds, CPU-seconds of the tool's processes, page-cache growth. */
+interface RunMeasure {
+  readonly seconds: number;
+  readonly cpuSeconds: number;
+  readonly cacheGrowth: number;
+}
+
+/** CPU-seconds of this process's waited-for children (cutime + cstime of /proc/self/stat). */
+function childCpuSeconds(): number {
+  const fields = readFileSync('/proc/self/stat', 'utf8').split(') ')[1]!.split(' ');
+  // After "pid (comm) ", field 3 is state; cutime and cstime are fields 16 and 17.
+  const ticks = Number(fields[16 - 3]) + Number(fields[17 - 3]);
+  return ticks / CLOCK_TICKS;
+}
+const CLOCK_TICKS = Number(spawnSync('getconf', ['CLK_TCK']).stdout?.toString().trim() || 100);
+
+/** Bytes in the page cache now. */
+function cachedBytes(): number {
+  const m = /^Cached:\s+(\d+) kB/m.exec(readFileSync('/proc/meminfo', 'utf8'));
+  return m ? Number(m[1]) * 1024 : 0;
+}
+
+async function makeSparse64(path: string): Promise<void> {
+  const fh = await open(path, 'w');
+  try {
+    await fh.truncate(SPARSE64.size);
+    const buf = Buffer.allocUnsafe(8 << 20);
+    const stride = SPARSE64.size / SPARSE64.runs;
+    for (let r = 0; r < SPARSE64.runs; r++) {
+      for (let done = 0; done < SPARSE64.runBytes; done += buf.length) {
+        randomFillSync(buf);
+        await fh.write(buf, 0, buf.length, r * stride + (100 << 20) + done);
+      }
+    }
+  } finally {
+    await fh.close();
+  }
 }
 
 function has(binary: string): boolean {
@@ -75,20 +135,23 @@ function warm(path: string): void {
   execFileSync('sh', ['-c', `cat '${path}' > /dev/null`]);
 }
 
-function timeTool(tool: Tool, src: string, dst: string): number {
+function timeTool(tool: Tool, src: string, dst: string): RunMeasure {
+  const cache0 = cachedBytes();
+  const cpu0 = childCpuSeconds();
   const t0 = performance.now();
   for (const [cmd, ...args] of tool.commands(src, dst)) {
     const r = spawnSync(cmd!, args, { stdio: ['ignore', 'ignore', 'pipe'] });
     if (r.status !== 0) throw new Error(`${tool.name} failed (${r.status}): ${r.stderr?.toString().trim()}`);
   }
-  return (performance.now() - t0) / 1000;
+  const seconds = (performance.now() - t0) / 1000;
+  return { seconds, cpuSeconds: childCpuSeconds() - cpu0, cacheGrowth: Math.max(0, cachedBytes() - cache0) };
 }
 
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
       size: { type: 'string', default: '4G' },
-      runs: { type: 'string', default: '3' },
+      runs: { type: 'string', default: '5' },
       cache: { type: 'string', default: 'warm,cold' },
       variants: { type: 'string', default: 'random,sparse' },
       tools: { type: 'string', default: TOOLS.map((t) => t.name).join(',') },
@@ -116,31 +179,53 @@ async function main(): Promise<void> {
   for (const variant of values.variants!.split(',')) {
     const src = join(dir, `src-${variant}.img`);
     const dst = join(dir, 'dst.img');
-    const holeFraction = variant === 'sparse' ? 0.5 : 0;
-    if (!existsSync(src) || (await stat(src)).size !== size) {
-      console.error(`making ${formatBytes(size)} ${variant} source ${src}`);
-      await makeSampleImage(src, { size, holeFraction });
+    const variantSize = variant === 'sparse64' ? SPARSE64.size : size;
+    if (!existsSync(src) || (await stat(src)).size !== variantSize) {
+      console.error(`making ${formatBytes(variantSize)} ${variant} source ${src}`);
+      if (variant === 'sparse64') await makeSparse64(src);
+      else await makeSampleImage(src, { size, holeFraction: variant === 'sparse' ? 0.5 : 0 });
     }
+    // dd reads every hole of a 64 GiB image; the others skip them.
+    const variantTools = variant === 'sparse64' ? active.filter((t) => t.name !== 'dd') : active;
     for (const cache of caches) {
-      const times = new Map<string, number[]>(active.map((t) => [t.name, []]));
+      const runsOf = new Map<string, RunMeasure[]>(variantTools.map((t) => [t.name, []]));
       for (let round = 0; round < runs; round++) {
         // Rotate the order each round so no tool always runs first (or right after a cache drop).
-        const order = active.map((_, i) => active[(i + round) % active.length]!);
+        const order = variantTools.map((_, i) => variantTools[(i + round) % variantTools.length]!);
         for (const tool of order) {
           await rm(dst, { force: true });
           execFileSync('sync');
           if (cache === 'cold') dropCaches();
-          else warm(src);
-          const s = timeTool(tool, src, dst);
-          times.get(tool.name)!.push(s);
-          console.error(`  ${variant}/${cache} round ${round + 1}: ${tool.name} ${s.toFixed(2)} s`);
+          else if (variant !== 'sparse64') warm(src); // warming 64 GiB of holes would fill the cache with zeros
+          const m = timeTool(tool, src, dst);
+          runsOf.get(tool.name)!.push(m);
+          console.error(`  ${variant}/${cache} round ${round + 1}: ${tool.name} ${m.seconds.toFixed(2)} s, ${m.cpuSeconds.toFixed(2)} CPU-s, cache +${formatBytes(m.cacheGrowth)}`);
         }
       }
-      const nbd = times.get('nbdcopy');
-      const nbdMedian = nbd && nbd.length ? median(nbd) : undefined;
-      for (const [tool, seconds] of times) {
-        const m = median(seconds);
-        results.push({ tool, variant, cache, seconds, median: m, ...(nbdMedian ? { ratioToNbdcopy: m / nbdMedian } : {}) });
+      const nbd = runsOf.get('nbdcopy');
+      const nbdWall = nbd?.length ? median(nbd.map((m) => m.seconds)) : undefined;
+      const nbdCpu = nbd?.length ? median(nbd.map((m) => m.cpuSeconds)) : undefined;
+      for (const [tool, ms] of runsOf) {
+        const seconds = ms.map((m) => m.seconds);
+        const cpuSeconds = ms.map((m) => m.cpuSeconds);
+        const cacheGrowth = ms.map((m) => m.cacheGrowth);
+        const wall = median(seconds);
+        const cpu = median(cpuSeconds);
+        results.push({
+          tool,
+          variant,
+          cache,
+          size: variantSize,
+          seconds,
+          median: wall,
+          cpuSeconds,
+          cpuMedian: cpu,
+          cacheGrowth,
+          cacheGrowthMedian: median(cacheGrowth),
+          worstToMedian: Math.max(...seconds) / wall,
+          ...(nbdWall ? { ratioToNbdcopy: wall / nbdWall } : {}),
+          ...(nbdCpu ? { cpuRatioToNbdcopy: cpu / nbdCpu } : {}),
+        });
       }
     }
     await rm(dst, { force: true });
@@ -148,16 +233,22 @@ async function main(): Promise<void> {
   }
 
   const report: CopyBenchReport = { kind: 'copy', date: new Date().toISOString(), machine: machineInfo(dir), size, runs, results };
+  const GiB = 2 ** 30;
   console.log(
     markdownTable(
-      ['tool', 'image', 'cache', 'median s', 'runs (s)', 'ratio to nbdcopy'],
+      ['tool', 'image', 'cache', 'median s', 'runs (s)', 'worst/median', 'CPU-s', 'CPU-s/GiB', 'cache growth', 'wall / nbdcopy', 'CPU / nbdcopy'],
       results.map((r) => [
         r.tool,
         r.variant,
         r.cache,
         r.median.toFixed(2),
         r.seconds.map((s) => s.toFixed(2)).join(', '),
+        r.worstToMedian.toFixed(2),
+        r.cpuMedian.toFixed(2),
+        (r.cpuMedian / (r.size / GiB)).toFixed(2),
+        formatBytes(r.cacheGrowthMedian),
         r.ratioToNbdcopy === undefined ? '-' : r.ratioToNbdcopy.toFixed(2),
+        r.cpuRatioToNbdcopy === undefined ? '-' : r.cpuRatioToNbdcopy.toFixed(2),
       ]),
     ),
   );

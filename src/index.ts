@@ -7,7 +7,9 @@
 
 /** Bulk copy of an image: {@link copyImage}. */
 export { copyImage, DEFAULT_PROGRESS_INTERVAL_MS } from './job/copyImage.js';
-export type { CopyOptions, CopyProgress, CopyResult } from './job/copyImage.js';
+export type { CopyImageOptions, CopyOptions, CopyProgress, CopyResult, IoModeOption } from './job/copyImage.js';
+/** How a bulk copy chose to read and write: {@link CopyResult.io}. */
+export type { IoMode, IoPlan, IoPlanChoice, PlanTrial } from './sched/IoPlanChooser.js';
 
 /** Live mirror: {@link startMirror} returns a {@link MirrorJob}; `job.device` is the write interceptor. */
 export { startMirror, DEFAULT_BUFFER_SIZE } from './job/startMirror.js';

@@ -1,9 +1,10 @@
 import type { Command } from 'commander';
-import { copyImage, type CopyProgress, type CopyResult } from '../job/copyImage.js';
+import { copyImage, type CopyProgress, type CopyResult, type IoModeOption } from '../job/copyImage.js';
+import { describePlan } from '../sched/IoPlanChooser.js';
 import { DEFAULT_FLUSH_EVERY, DEFAULT_QUEUE_DEPTH } from '../sched/tuning.js';
 import { formatBytes, formatDuration } from '../util/size.js';
 import { withInterrupt } from './interrupt.js';
-import { addCopyTuningOptions, integerOption, sizeOption, type CopyTuningOptions } from './options.js';
+import { addCopyTuningOptions, choiceOption, integerOption, sizeOption, type CopyTuningOptions } from './options.js';
 import { emitEvent, finiteOrNull } from './output.js';
 import { ProgressBar } from './ProgressBar.js';
 
@@ -13,7 +14,11 @@ interface CopyCommandOptions extends CopyTuningOptions {
   flushEvery: number;
   targetIsZero: boolean;
   zeroDetect: boolean;
+  readMode: IoModeOption;
+  writeMode: IoModeOption;
 }
+
+const IO_MODES: readonly IoModeOption[] = ['auto', 'buffered', 'direct'];
 
 export function registerCopyCommand(program: Command): void {
   addCopyTuningOptions(
@@ -27,6 +32,8 @@ export function registerCopyCommand(program: Command): void {
     .option('--flush-every <size>', 'bytes written between paced flushes (0: only the final flush)', sizeOption('--flush-every'), DEFAULT_FLUSH_EVERY)
     .option('--target-is-zero', 'an existing target already reads as zeros: skip zero chunks unseen', false)
     .option('--no-zero-detect', 'write zero chunks as data')
+    .addOption(choiceOption('--read-mode <mode>', 'read a file source through the page cache (buffered), with O_DIRECT (direct), or measure and choose (auto)', IO_MODES, 'auto'))
+    .addOption(choiceOption('--write-mode <mode>', 'write a file target through the page cache, flushed as it goes (buffered), with O_DIRECT (direct), or auto', IO_MODES, 'auto'))
     .action(async (source: string, target: string, opts: CopyCommandOptions) => {
       await runCopy(source, target, opts);
     });
@@ -49,6 +56,8 @@ async function runCopy(source: string, target: string, opts: CopyCommandOptions)
         queueDepth: opts.queueDepth,
         workers: opts.workers,
         direct: opts.direct,
+        readMode: opts.readMode,
+        writeMode: opts.writeMode,
         speed: opts.speed,
         flushEvery: opts.flushEvery,
         targetIsZero: opts.targetIsZero,
@@ -69,6 +78,7 @@ async function runCopy(source: string, target: string, opts: CopyCommandOptions)
       targetCreated: result.targetCreated,
       workers: result.tuning.workers,
       note: result.note ?? null,
+      io: { read: result.io.plan.read, write: result.io.plan.write, basis: result.io.basis, reason: result.io.reason, switches: result.io.switches, trials: result.io.trials },
     });
   } else {
     process.stdout.write(`${copySummary(result)}\n`);
@@ -80,6 +90,6 @@ export function copySummary(r: CopyResult): string {
   const rate = r.seconds > 0 ? r.bytes / r.seconds : 0;
   return (
     `copied ${formatBytes(r.bytes)} in ${formatDuration(r.seconds)} (${formatBytes(rate)}/s): ` +
-    `${formatBytes(r.bytesWritten)} written, ${formatBytes(r.bytesZero)} zero, data on disk`
+    `${formatBytes(r.bytesWritten)} written, ${formatBytes(r.bytesZero)} zero, data on disk (${describePlan(r.io.plan)}, ${r.io.basis})`
   );
 }

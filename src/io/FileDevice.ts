@@ -1,4 +1,6 @@
-import { constants, open, readFile, type FileHandle } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { constants, open, readFile, unlink, type FileHandle } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import type { Stats } from 'node:fs';
 import { ErrorCode, DeviceError, IoError, toIoError, errnoOf } from '../errors.js';
 import type { BlockDevice, DeviceRole, FileDeviceSpec } from './BlockDevice.js';
@@ -12,6 +14,16 @@ const ZERO_BUFFER_BYTES = 1 << 20;
 const PROBE_BYTES = 2 * DIRECT_ALIGNMENT;
 /** malloc aligns to 16 bytes, so an aligned view is found among offsets that are multiples of 16. */
 const PROBE_STEP = 16;
+/** Places of a device an inconclusive alignment probe is tried at (a sparse file's data may be anywhere). */
+const PROBE_PLACES = 16;
+
+/** Where alignment probes read: the start, then evenly through the device. */
+function probeOffsets(size: number): number[] {
+  const last = Math.floor((size - PROBE_BYTES) / DIRECT_ALIGNMENT);
+  const out = new Set<number>([0]);
+  for (let i = 1; i < PROBE_PLACES; i++) out.add(Math.floor((last * i) / (PROBE_PLACES - 1)) * DIRECT_ALIGNMENT);
+  return [...out];
+}
 
 /** Buffers handed out by `allocBuffer` (of any FileDevice on this thread), with the offset of their aligned start. */
 const alignedBase = new WeakMap<ArrayBufferLike, number>();
@@ -48,6 +60,7 @@ export class FileDevice implements BlockDevice {
   #size: number;
   readonly #handle: FileHandle;
   readonly #direct: FileHandle | undefined;
+  #scratch: Promise<FileHandle | undefined> | undefined;
 
   private constructor(path: string, handle: FileHandle, direct: FileHandle | undefined, size: number, readOnly: boolean) {
     this.description = path;
@@ -156,24 +169,69 @@ export class FileDevice implements BlockDevice {
   }
 
   async close(): Promise<void> {
-    await Promise.all([this.#handle.close(), this.#direct?.close()]);
+    const scratch = await this.#scratch;
+    await Promise.all([this.#handle.close(), this.#direct?.close(), scratch?.close()]);
   }
 
   /**
-   * A buffer's address cannot be read from JavaScript, but a misaligned O_DIRECT read fails with
-   * EINVAL; the first offset whose probe read succeeds starts an aligned view (buffers never move).
+   * A buffer's address cannot be read from JavaScript, but a misaligned O_DIRECT request fails
+   * with EINVAL, so the first offset into `raw` whose probe succeeds starts an aligned view
+   * (buffers never move). A probe only proves something where the kernel does DMA: a read of a
+   * hole succeeds at any alignment (a new target is all hole). So an inconclusive read probe is
+   * followed by a write probe on a scratch file of the same file system (created and unlinked at
+   * once; the device itself is never written), then by read probes at other places.
    */
   async #probeAlignment(raw: Buffer): Promise<number> {
     if (this.#size < PROBE_BYTES) return -1;
-    for (let base = 0; base < DIRECT_ALIGNMENT; base += PROBE_STEP) {
+    const first = await this.#probeAt(raw, (base) => this.#direct!.read(raw, base, PROBE_BYTES, 0));
+    if (first.proven) return first.base;
+    const scratch = await this.#scratchFile();
+    if (scratch) {
+      const written = await this.#probeAt(raw, (base) => scratch.write(raw, base, PROBE_BYTES, 0));
+      if (written.proven) return written.base;
+    }
+    for (const at of probeOffsets(this.#size).slice(1)) {
+      const found = await this.#probeAt(raw, (base) => this.#direct!.read(raw, base, PROBE_BYTES, at));
+      if (found.proven) return found.base;
+    }
+    return first.base;
+  }
+
+  /** An unlinked O_DIRECT file beside a regular file, for write probes (undefined where none can be made). */
+  #scratchFile(): Promise<FileHandle | undefined> {
+    this.#scratch ??= (async () => {
+      if (!(await this.#handle.stat()).isFile()) return undefined;
+      const path = join(dirname(this.description), `.blockmirror-probe-${process.pid}-${randomBytes(6).toString('hex')}`);
       try {
-        await this.#direct!.read(raw, base, PROBE_BYTES, 0);
-        return base;
+        const handle = await open(path, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL | constants.O_DIRECT, 0o600);
+        await unlink(path).catch(() => undefined);
+        return handle;
+      } catch {
+        return undefined;
+      }
+    })();
+    return this.#scratch;
+  }
+
+  /**
+   * The first base at which `attempt` succeeds, and whether that is proven: some other base
+   * failed with EINVAL (a base before it, or the one after it).
+   */
+  async #probeAt(raw: Buffer, attempt: (base: number) => Promise<unknown>): Promise<{ base: number; proven: boolean }> {
+    const works = async (base: number): Promise<boolean> => {
+      try {
+        await attempt(base);
+        return true;
       } catch (err) {
         if (errnoOf(err) !== 'EINVAL') throw toIoError(err, 'read', `${this.description} (O_DIRECT alignment probe)`);
+        return false;
       }
+    };
+    for (let base = 0; base < DIRECT_ALIGNMENT; base += PROBE_STEP) {
+      if (!(await works(base))) continue;
+      return { base, proven: base > 0 || !(await works(base + PROBE_STEP)) };
     }
-    return -1;
+    return { base: -1, proven: false };
   }
 
   /**

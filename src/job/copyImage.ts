@@ -1,25 +1,35 @@
 import { performance } from 'node:perf_hooks';
-import { AbortError, IoError } from '../errors.js';
-import type { BlockDevice, DeviceSpec } from '../io/BlockDevice.js';
-import { deviceSpecFor } from '../io/location.js';
+import { AbortError, ErrorCode, InvalidArgumentError } from '../errors.js';
+import type { BlockDevice } from '../io/BlockDevice.js';
+import { checkLocation, describeValue, deviceSpecFor } from '../io/location.js';
 import { openDevice } from '../io/openDevice.js';
 import { checkTargetSize, prepareTarget } from '../io/prepareTarget.js';
-import { CopyScheduler, type BatchOutcome } from '../sched/CopyScheduler.js';
-import { LinearExtentSource } from '../sched/ExtentSource.js';
-import { RateLimiter } from '../sched/RateLimiter.js';
-import { RateMeter } from '../sched/RateMeter.js';
-import { TASKS_PER_WORKER, batchExtentsFor, resolveTuning, streamExtentsFor, type CopyTuning } from '../sched/tuning.js';
-import { WritebackPacer } from '../sched/WritebackPacer.js';
-import { formatBytes } from '../util/size.js';
-import { createCopyRunner, type CopyRunner } from '../workers/createCopyRunner.js';
+import { IoPlanChooser, type IoMode, type IoPlanChoice } from '../sched/IoPlanChooser.js';
+import { TASKS_PER_WORKER, resolveTuning, type CopyTuning } from '../sched/tuning.js';
+import { createCopyRunner } from '../workers/createCopyRunner.js';
+import { BulkCopy } from './BulkCopy.js';
+import { askedMode, ioModeCandidates } from './ioModeCandidates.js';
+import type { CopyProgress } from './BulkCopy.js';
+
+export type { CopyProgress } from './BulkCopy.js';
 
 /** Default time between two `onProgress` calls. */
 export const DEFAULT_PROGRESS_INTERVAL_MS = 100;
 
 /** Options of {@link copyImage}. Sizes are in bytes. */
 export interface CopyOptions extends Partial<CopyTuning> {
-  /** Bypass the page cache with O_DIRECT (aligned buffers; the unaligned tail goes through the cache). */
+  /**
+   * Bypass the page cache with O_DIRECT on both sides (aligned buffers; the unaligned tail goes
+   * through the cache): the same as `readMode` and `writeMode` 'direct'.
+   */
   direct?: boolean;
+  /**
+   * How a file source is read: through the page cache, with O_DIRECT, or (default) whichever the
+   * copy measures faster on its first part (see `CopyResult.io`).
+   */
+  readMode?: IoModeOption;
+  /** How a file target is written: as `readMode`. Page-cache writes are flushed as they go. */
+  writeMode?: IoModeOption;
   /** Look for all-zero chunks and keep them sparse on the target (default true). */
   detectZeroes?: boolean;
   /** Promise that an existing target already reads as zeros, so zero chunks are skipped unseen (as qemu-img's --target-is-zero). */
@@ -31,19 +41,15 @@ export interface CopyOptions extends Partial<CopyTuning> {
   signal?: AbortSignal;
 }
 
-/** A progress report. */
-export interface CopyProgress {
-  readonly bytesDone: number;
-  readonly bytesTotal: number;
-  /** Bytes written to the target (zero chunks skipped are not). */
-  readonly bytesWritten: number;
-  /** Bytes found all-zero. */
-  readonly bytesZero: number;
-  readonly elapsedSeconds: number;
-  /** Smoothed copy rate, bytes per second. */
-  readonly rate: number;
-  /** Seconds to go at the current rate (Infinity while unknown). */
-  readonly etaSeconds: number;
+/** An I/O mode to use, or `auto`: measure and choose. */
+export type IoModeOption = IoMode | 'auto';
+
+/** The single-object form of {@link copyImage}'s arguments, the shape {@link startMirror} takes. */
+export interface CopyImageOptions extends CopyOptions {
+  /** A path or an NBD URI. */
+  readonly source: string;
+  /** A path (created, sized to the source, if missing) or an NBD URI. */
+  readonly target: string;
 }
 
 /** What a finished copy did. */
@@ -61,6 +67,8 @@ export interface CopyResult {
   readonly tuning: CopyTuning;
   /** Why the copy ran differently from what was asked (one connection to an NBD export without multi-conn), if it did. */
   readonly note: string | undefined;
+  /** How the source was read and the target written, and why: measured, asked for, or not measurable. */
+  readonly io: IoPlanChoice;
 }
 
 /**
@@ -75,30 +83,53 @@ export interface CopyResult {
  * Set UV_THREADPOOL_SIZE to {@link threadpoolSizeFor}(queueDepth) before the process's first I/O,
  * or libuv runs at most 4 operations at once.
  */
-export async function copyImage(source: string, target: string, options: CopyOptions = {}): Promise<CopyResult> {
+export async function copyImage(options: CopyImageOptions): Promise<CopyResult>;
+export async function copyImage(source: string, target: string, options?: CopyOptions): Promise<CopyResult>;
+export async function copyImage(first: string | CopyImageOptions, second?: string, third?: CopyOptions): Promise<CopyResult> {
+  const { source, target, options } = copyArguments(first, second, third);
   const tuning = resolveTuning(options);
+  for (const side of ['readMode', 'writeMode'] as const) {
+    const mode = options[side];
+    if (mode !== undefined && mode !== 'auto' && mode !== 'buffered' && mode !== 'direct') {
+      throw new InvalidArgumentError(ErrorCode.INVALID_OPTION, `${side} must be auto, buffered or direct, not ${describeValue(mode)}`);
+    }
+  }
   if (options.signal?.aborted) throw new AbortError('the copy was aborted before it started');
   const started = performance.now();
-  const sourceSpec = deviceSpecFor(source, { role: 'source', writable: false, direct: options.direct });
-  const targetSpec = deviceSpecFor(target, { role: 'target', writable: true, direct: options.direct });
+  // Worker threads open their handles as each phase's plan says; these are the coordinator's own
+  // (sizes and flushes, and the copy itself where an NBD export keeps it on this thread).
+  const sourceSpec = deviceSpecFor(source, { role: 'source', writable: false, direct: askedMode(options, 'readMode') === 'direct' });
+  const targetSpec = deviceSpecFor(target, { role: 'target', writable: true, direct: askedMode(options, 'writeMode') === 'direct' });
   const src = await openDevice(sourceSpec);
   let dst: BlockDevice | undefined;
   try {
     const { created } = await prepareTarget(targetSpec, sourceSpec, src.size);
     dst = await openDevice(targetSpec);
     checkTargetSize(target, dst.size, src.size);
-    const streams = copiesInStreams(sourceSpec, targetSpec, tuning);
     // Every stream is one task, so each worker must run its share of them at once.
+    const streams = tuning.speed === 0 && sourceSpec.kind === 'file' && targetSpec.kind === 'file';
     const tasksPerWorker = streams ? Math.ceil(tuning.queueDepth / tuning.workers) : TASKS_PER_WORKER;
     const { runner, plan } = createCopyRunner(src, dst, sourceSpec, { workers: tuning.workers, tasksPerWorker });
     const runTuning = plan.inline ? { ...tuning, workers: 1 } : tuning;
-    const run = new BulkCopy(sourceSpec, targetSpec, src, dst, runTuning, runner, {
+    const modes = await ioModeCandidates(sourceSpec, targetSpec, options, { pooled: !plan.inline, limited: tuning.speed > 0 });
+    const chunkSize = Math.min(tuning.chunkSize, dst.maxRequest, src.maxRequest);
+    // The warm-up gives every operation in flight one chunk: each worker opens its handles and buffers.
+    const chooser = new IoPlanChooser({ size: src.size, alignment: chunkSize, warmupBytes: chunkSize * tuning.queueDepth, ...modes });
+    const run = new BulkCopy({
+      sourceSpec,
+      targetSpec,
+      source: src,
+      target: dst,
+      tuning: runTuning,
+      runner,
+      chooser,
       detectZeroes: options.detectZeroes ?? true,
       targetIsZero: created || options.targetIsZero === true,
       streams,
       started,
     });
     await run.run(options);
+    const io = chooser.choice;
     return {
       bytes: src.size,
       seconds: (performance.now() - started) / 1000,
@@ -108,124 +139,21 @@ export async function copyImage(source: string, target: string, options: CopyOpt
       pacedFlushes: run.pacedFlushes,
       tuning: runTuning,
       note: plan.note,
+      io: modes.why ? { ...io, basis: 'fixed', reason: modes.why } : io,
     };
   } finally {
     await Promise.all([src.close(), dst?.close()]);
   }
 }
 
-/**
- * Page-cache copies between files run as streams, each walking its own region in order: the
- * kernel's readahead then has each next read in memory before it is asked for (docs/perf.md,
- * "Bulk copy"). Not under a rate limit, whose slices are smaller than a stream, nor with O_DIRECT
- * or NBD, where no readahead is in play.
- */
-function copiesInStreams(sourceSpec: DeviceSpec, targetSpec: DeviceSpec, tuning: CopyTuning): boolean {
-  return tuning.speed === 0 && sourceSpec.kind === 'file' && targetSpec.kind === 'file' && !sourceSpec.direct && !targetSpec.direct;
-}
-
-interface BulkCopySettings {
-  readonly detectZeroes: boolean;
-  readonly targetIsZero: boolean;
-  /** Tasks are streams (see {@link copiesInStreams}). */
-  readonly streams: boolean;
-  readonly started: number;
-}
-
-/** One run of a bulk copy: the pool, the scheduler over the whole image, pacing and progress. */
-class BulkCopy {
-  bytesDone = 0;
-  bytesWritten = 0;
-  bytesZero = 0;
-  pacedFlushes = 0;
-  #failure: IoError | undefined;
-  readonly #meter = new RateMeter();
-
-  readonly size: number;
-
-  constructor(
-    readonly sourceSpec: DeviceSpec,
-    readonly targetSpec: DeviceSpec,
-    readonly source: BlockDevice,
-    readonly target: BlockDevice,
-    readonly tuning: CopyTuning,
-    readonly pool: CopyRunner,
-    readonly settings: BulkCopySettings,
-  ) {
-    this.size = source.size;
+/** Both of {@link copyImage}'s argument shapes, checked, as one. */
+function copyArguments(first: unknown, second: unknown, third: unknown): { source: string; target: string; options: CopyOptions } {
+  if (typeof first === 'object' && first !== null && second === undefined && third === undefined) {
+    const { source, target, ...options } = first as CopyImageOptions;
+    return { source: checkLocation(source, 'source'), target: checkLocation(target, 'target'), options };
   }
-
-  async run(options: CopyOptions): Promise<void> {
-    const { tuning, source, target, pool } = this;
-    const pacer = new WritebackPacer(() => target.flush(), tuning.flushEvery);
-    const chunkSize = Math.min(tuning.chunkSize, target.maxRequest, source.maxRequest);
-    const { streams } = this.settings;
-    const scheduler = new CopyScheduler({
-      pool,
-      source: this.sourceSpec,
-      target: this.targetSpec,
-      chunkSize,
-      queueDepth: tuning.queueDepth,
-      batchExtents: streams ? streamExtentsFor(chunkSize) : batchExtentsFor(tuning.queueDepth, tuning.workers),
-      streams,
-      detectZeroes: this.settings.detectZeroes,
-      targetIsZero: this.settings.targetIsZero,
-      limiter: new RateLimiter(tuning.speed),
-      onBatch: (outcome) => {
-        this.#account(outcome);
-        pacer.noteWritten(outcome.result.bytesWritten);
-        if (this.#failure || pacer.error) scheduler.stop();
-      },
-    });
-    const onAbort = (): void => scheduler.stop();
-    options.signal?.addEventListener('abort', onAbort, { once: true });
-    const report = (): void => options.onProgress?.(this.progress());
-    const ticker = options.onProgress ? setInterval(report, options.progressInterval ?? 100) : undefined;
-    try {
-      await scheduler.run(new LinearExtentSource(this.size));
-      await pacer.settle();
-      if (this.#failure) throw this.#failure;
-      if (options.signal?.aborted) {
-        const pct = ((100 * this.bytesDone) / this.size).toFixed(1);
-        throw new AbortError(`interrupted: copied ${formatBytes(this.bytesDone)} of ${formatBytes(this.size)} (${pct}%); the target is incomplete`, {
-          progress: { bytesDone: this.bytesDone, bytesTotal: this.size },
-        });
-      }
-      await target.flush();
-      report();
-    } finally {
-      clearInterval(ticker);
-      options.signal?.removeEventListener('abort', onAbort);
-      this.pacedFlushes = pacer.flushes;
-      await pool.close();
-    }
+  if (third !== undefined && (typeof third !== 'object' || third === null)) {
+    throw new InvalidArgumentError(ErrorCode.INVALID_OPTION, `copyImage's options must be an object, not ${describeValue(third)}`);
   }
-
-  progress(): CopyProgress {
-    const now = performance.now();
-    const rate = this.#meter.sample(this.bytesDone, now);
-    const remaining = this.size - this.bytesDone;
-    return {
-      bytesDone: this.bytesDone,
-      bytesTotal: this.size,
-      bytesWritten: this.bytesWritten,
-      bytesZero: this.bytesZero,
-      elapsedSeconds: (now - this.settings.started) / 1000,
-      rate,
-      etaSeconds: remaining === 0 ? 0 : rate > 0 ? remaining / rate : Number.POSITIVE_INFINITY,
-    };
-  }
-
-  #account({ extents, bytes, result }: BatchOutcome): void {
-    this.bytesWritten += result.bytesWritten;
-    this.bytesZero += result.bytesZero;
-    let failed = 0;
-    for (const f of result.failures) {
-      const offset = extents[2 * f.index]!;
-      const length = extents[2 * f.index + 1]!;
-      failed += length;
-      this.#failure ??= new IoError(f.errno, f.operation, f.message, { offset, length });
-    }
-    this.bytesDone += bytes - failed;
-  }
+  return { source: checkLocation(first, 'source'), target: checkLocation(second, 'target'), options: (third ?? {}) as CopyOptions };
 }

@@ -42,3 +42,34 @@ export class LinearExtentSource implements ExtentSource {
     return n;
   }
 }
+
+/** Several byte ranges, each front to back, in order, once: a phase of a bulk copy. */
+export class RangesExtentSource implements ExtentSource {
+  readonly #ranges: ReadonlyArray<readonly [number, number]>;
+  #index = 0;
+  #next: number;
+
+  constructor(ranges: ReadonlyArray<readonly [number, number]>) {
+    this.#ranges = ranges;
+    this.#next = ranges[0]?.[0] ?? 0;
+  }
+
+  get exhausted(): boolean {
+    return this.#index >= this.#ranges.length;
+  }
+
+  take(out: number[], maxExtents: number, maxBytes: number): number {
+    let n = 0;
+    while (n < maxExtents && this.#index < this.#ranges.length) {
+      const end = this.#ranges[this.#index]![1];
+      const length = Math.min(maxBytes, end - this.#next);
+      if (length > 0) {
+        out.push(this.#next, length);
+        this.#next += length;
+        n++;
+      }
+      if (this.#next >= end) this.#next = this.#ranges[++this.#index]?.[0] ?? end;
+    }
+    return n;
+  }
+}

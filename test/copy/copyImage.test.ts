@@ -168,4 +168,57 @@ describe('copyImage refuses bad input, touching nothing', () => {
     await expect(copyImage(join(dir, 'src.img'), join(dir, 'dst.img'), options)).rejects.toMatchObject({ code: ErrorCode.INVALID_OPTION });
     await expect(stat(join(dir, 'dst.img'))).rejects.toThrow();
   });
+
+  it('takes its arguments as one object, the shape startMirror takes', async () => {
+    const dir = await scratch();
+    const src = join(dir, 'src.img');
+    await writeRandomFile(src, 2 * MiB + 5);
+    const result = await copyImage({ source: src, target: join(dir, 'dst.img'), chunkSize: MiB });
+    expect(result.bytes).toBe(2 * MiB + 5);
+    await expectSame(src, join(dir, 'dst.img'));
+  });
+
+  it.each([
+    ['an object as the source', () => copyImage({ path: 'x' } as never, 'dst.img'), /source must be a path or an NBD URI .*not an object/],
+    ['a number as the target', () => copyImage('src.img', 42 as never), /target must be .*not number 42/],
+    ['an empty source', () => copyImage({ source: '', target: 'dst.img' }), /source must be .*not an empty string/],
+    ['an object without a target', () => copyImage({ source: 'src.img' } as never), /target must be .*not undefined/],
+    ['options that are not an object', () => copyImage('src.img', 'dst.img', 'fast' as never), /options must be an object, not 'fast'/],
+  ])('refuses %s with BM_ERR_INVALID_OPTION naming the argument', async (_name, call, message) => {
+    await expect(call()).rejects.toMatchObject({ code: ErrorCode.INVALID_OPTION, message: expect.stringMatching(message) });
+  });
+
+  it('measures its I/O plans on a copy large enough to, says which it chose and why, and ends with the target equal', async () => {
+    const dir = await scratch();
+    const src = join(dir, 'src.img');
+    await makeSampleImage(src, { size: 320 * MiB + 4096 + 512, holeFraction: 0.5 });
+    const result = await copyImage(src, join(dir, 'dst.img'));
+    await expectSame(src, join(dir, 'dst.img'));
+    expect(result.io.basis).toBe('measured');
+    expect(result.io.reason).toMatch(/^(measured|switched)/);
+    const tried = new Set(result.io.trials.map((t) => `${t.plan.read}/${t.plan.write}`));
+    expect(tried.size).toBeGreaterThanOrEqual(3);
+    expect(result.io.trials.every((t) => t.seconds > 0 && t.rate > 0)).toBe(true);
+    expect(await allocatedBytes(join(dir, 'dst.img'))).toBeLessThanOrEqual((await allocatedBytes(src)) + MiB);
+  });
+
+  it.each([
+    ['O_DIRECT on both sides', { readMode: 'direct', writeMode: 'direct' }],
+    ['O_DIRECT reads, page-cache writes', { readMode: 'direct', writeMode: 'buffered' }],
+    ['page-cache reads, O_DIRECT writes', { readMode: 'buffered', writeMode: 'direct' }],
+  ] as const)('copies with %s when asked, unaligned tail included', async (_name, modes) => {
+    const dir = await scratch();
+    const src = join(dir, 'src.img');
+    await writeRandomFile(src, 5 * MiB + 12345);
+    const result = await copyImage(src, join(dir, 'dst.img'), { chunkSize: MiB, ...modes });
+    await expectSame(src, join(dir, 'dst.img'));
+    expect(result.io).toMatchObject({ basis: 'asked', plan: { read: modes.readMode, write: modes.writeMode } });
+  });
+
+  it('refuses an unknown I/O mode with BM_ERR_INVALID_OPTION', async () => {
+    await expect(copyImage('src.img', 'dst.img', { readMode: 'mmap' as never })).rejects.toMatchObject({
+      code: ErrorCode.INVALID_OPTION,
+      message: expect.stringMatching(/readMode must be auto, buffered or direct/),
+    });
+  });
 });

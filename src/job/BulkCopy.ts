@@ -1,0 +1,187 @@
+import { performance } from 'node:perf_hooks';
+import { AbortError, IoError } from '../errors.js';
+import type { BlockDevice, DeviceSpec } from '../io/BlockDevice.js';
+import { CopyScheduler, type BatchOutcome } from '../sched/CopyScheduler.js';
+import { RangesExtentSource } from '../sched/ExtentSource.js';
+import { IoPlanChooser, type CopyPhase, type IoPlan } from '../sched/IoPlanChooser.js';
+import { RateLimiter } from '../sched/RateLimiter.js';
+import { RateMeter } from '../sched/RateMeter.js';
+import { batchExtentsFor, STREAM_BYTES, type CopyTuning } from '../sched/tuning.js';
+import { WritebackPacer } from '../sched/WritebackPacer.js';
+import { formatBytes } from '../util/size.js';
+import type { CopyRunner } from '../workers/createCopyRunner.js';
+
+/** A progress report of a bulk copy. */
+export interface CopyProgress {
+  readonly bytesDone: number;
+  readonly bytesTotal: number;
+  /** Bytes written to the target (zero chunks skipped are not). */
+  readonly bytesWritten: number;
+  /** Bytes found all-zero. */
+  readonly bytesZero: number;
+  readonly elapsedSeconds: number;
+  /** Smoothed copy rate, bytes per second. */
+  readonly rate: number;
+  /** Seconds to go at the current rate (Infinity while unknown). */
+  readonly etaSeconds: number;
+}
+
+/** What a {@link BulkCopy} copies with. */
+export interface BulkCopySettings {
+  readonly sourceSpec: DeviceSpec;
+  readonly targetSpec: DeviceSpec;
+  /** The coordinator's own devices: sizes, and the target's flushes. */
+  readonly source: BlockDevice;
+  readonly target: BlockDevice;
+  readonly tuning: CopyTuning;
+  readonly runner: CopyRunner;
+  readonly chooser: IoPlanChooser;
+  readonly detectZeroes: boolean;
+  readonly targetIsZero: boolean;
+  /**
+   * Tasks are streams, each walking its own region in order, so the kernel's readahead has each
+   * next read in memory before it is asked for (docs/perf.md, "Bulk copy"). Not under a rate
+   * limit, whose slices are smaller than a stream, nor over NBD.
+   */
+  readonly streams: boolean;
+  readonly started: number;
+}
+
+/** Options that reach a running copy. */
+export interface BulkCopyRunOptions {
+  readonly onProgress?: (progress: CopyProgress) => void;
+  readonly progressInterval?: number;
+  readonly signal?: AbortSignal;
+}
+
+/**
+ * One run of a bulk copy over the whole image: phases chosen by an {@link IoPlanChooser}, each a
+ * {@link CopyScheduler} over its range with the plan's device specs, write-back paced and
+ * charged to the phase that caused it, progress reported throughout.
+ */
+export class BulkCopy {
+  bytesDone = 0;
+  bytesWritten = 0;
+  bytesZero = 0;
+  pacedFlushes = 0;
+  readonly size: number;
+  readonly #s: BulkCopySettings;
+  readonly #meter = new RateMeter();
+  readonly #limiter: RateLimiter;
+  #failure: IoError | undefined;
+  #scheduler: CopyScheduler | undefined;
+  #stopped = false;
+
+  constructor(settings: BulkCopySettings) {
+    this.#s = settings;
+    this.size = settings.source.size;
+    this.#limiter = new RateLimiter(settings.tuning.speed);
+  }
+
+  async run(options: BulkCopyRunOptions): Promise<void> {
+    const { chooser, target, runner } = this.#s;
+    const onAbort = (): void => this.#stop();
+    options.signal?.addEventListener('abort', onAbort, { once: true });
+    const report = (): void => options.onProgress?.(this.progress());
+    const ticker = options.onProgress ? setInterval(report, options.progressInterval ?? 100) : undefined;
+    try {
+      for (let phase = chooser.next(); phase && !this.#stopped; phase = chooser.next()) {
+        const t0 = performance.now();
+        await this.#runPhase(phase);
+        if (this.#stopped) break;
+        chooser.record(phase, (performance.now() - t0) / 1000);
+      }
+      if (this.#failure) throw this.#failure;
+      if (options.signal?.aborted) {
+        const pct = this.size === 0 ? '0.0' : ((100 * this.bytesDone) / this.size).toFixed(1);
+        throw new AbortError(`interrupted: copied ${formatBytes(this.bytesDone)} of ${formatBytes(this.size)} (${pct}%); the target is incomplete`, {
+          progress: { bytesDone: this.bytesDone, bytesTotal: this.size },
+        });
+      }
+      await target.flush();
+      report();
+    } finally {
+      clearInterval(ticker);
+      options.signal?.removeEventListener('abort', onAbort);
+      await runner.close();
+    }
+  }
+
+  progress(): CopyProgress {
+    const now = performance.now();
+    const rate = this.#meter.sample(this.bytesDone, now);
+    const remaining = this.size - this.bytesDone;
+    return {
+      bytesDone: this.bytesDone,
+      bytesTotal: this.size,
+      bytesWritten: this.bytesWritten,
+      bytesZero: this.bytesZero,
+      elapsedSeconds: (now - this.#s.started) / 1000,
+      rate,
+      etaSeconds: remaining === 0 ? 0 : rate > 0 ? remaining / rate : Number.POSITIVE_INFINITY,
+    };
+  }
+
+  /** Copies the phase's ranges with its plan; a page-cache target is flushed at its end. */
+  async #runPhase(phase: CopyPhase): Promise<void> {
+    const { tuning, source, target, runner } = this.#s;
+    const chunkSize = Math.min(tuning.chunkSize, target.maxRequest, source.maxRequest);
+    const buffered = phase.plan.write === 'buffered';
+    const pacer = new WritebackPacer(() => target.flush(), buffered ? tuning.flushEvery : 0);
+    const { streams } = this.#s;
+    // Every stream of a phase runs at once: a trial phase shorter than queueDepth streams of
+    // STREAM_BYTES gets shorter streams, so it measures the copy at its full depth.
+    const bytes = phase.ranges.reduce((n, [start, end]) => n + end - start, 0);
+    const streamBytes = Math.max(chunkSize, Math.min(STREAM_BYTES, Math.floor(bytes / tuning.queueDepth / chunkSize) * chunkSize));
+    const scheduler = new CopyScheduler({
+      pool: runner,
+      source: specFor(this.#s.sourceSpec, phase.plan.read),
+      target: specFor(this.#s.targetSpec, phase.plan.write),
+      chunkSize,
+      queueDepth: tuning.queueDepth,
+      batchExtents: streams ? Math.max(1, Math.floor(streamBytes / chunkSize)) : batchExtentsFor(tuning.queueDepth, tuning.workers),
+      streams,
+      detectZeroes: this.#s.detectZeroes,
+      targetIsZero: this.#s.targetIsZero,
+      limiter: this.#limiter,
+      onBatch: (outcome) => {
+        this.#account(outcome);
+        pacer.noteWritten(outcome.result.bytesWritten);
+        if (this.#failure || pacer.error) this.#stop();
+      },
+    });
+    this.#scheduler = scheduler;
+    try {
+      await scheduler.run(new RangesExtentSource(phase.ranges));
+      await pacer.settle();
+      // Write-back deferred by the page cache is this phase's cost: paid here, not by the next.
+      if (buffered && !this.#stopped) await target.flush();
+    } finally {
+      this.pacedFlushes += pacer.flushes;
+      this.#scheduler = undefined;
+    }
+  }
+
+  #stop(): void {
+    this.#stopped = true;
+    this.#scheduler?.stop();
+  }
+
+  #account({ extents, bytes, result }: BatchOutcome): void {
+    this.bytesWritten += result.bytesWritten;
+    this.bytesZero += result.bytesZero;
+    let failed = 0;
+    for (const f of result.failures) {
+      const offset = extents[2 * f.index]!;
+      const length = extents[2 * f.index + 1]!;
+      failed += length;
+      this.#failure ??= new IoError(f.errno, f.operation, f.message, { offset, length });
+    }
+    this.bytesDone += bytes - failed;
+  }
+}
+
+/** A file spec opened the way `mode` says; other devices have no page cache of ours to choose about. */
+function specFor(spec: DeviceSpec, mode: IoPlan['read']): DeviceSpec {
+  return spec.kind === 'file' ? { ...spec, direct: mode === 'direct' } : spec;
+}

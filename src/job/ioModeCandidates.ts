@@ -1,0 +1,73 @@
+import { constants, open, stat } from 'node:fs/promises';
+import type { DeviceSpec } from '../io/BlockDevice.js';
+import type { IoMode } from '../sched/IoPlanChooser.js';
+import type { CopyOptions } from './copyImage.js';
+
+/** The modes a copy may choose between, most preferred first, and why there is no choice where there is none. */
+export interface IoModeCandidates {
+  readonly readModes: readonly IoMode[];
+  readonly writeModes: readonly IoMode[];
+  /** Why the plan is fixed without measuring (set only when that is not because it was asked for). */
+  readonly why?: string;
+}
+
+/** A source with less than this share of its size allocated is read with O_DIRECT first: its holes read fast that way and fill no cache. */
+const SPARSE_ALLOCATED_SHARE = 0.5;
+
+/** The mode `options` ask for on one side, if they ask for one. */
+export function askedMode(options: CopyOptions, side: 'readMode' | 'writeMode'): IoMode | undefined {
+  if (options.direct) return 'direct';
+  const mode = options[side];
+  return mode === undefined || mode === 'auto' ? undefined : mode;
+}
+
+/**
+ * What a copy between `source` and `target` may choose from. Only a copy between two files
+ * through the worker pool chooses (an NBD export has no page cache of ours; a rate-limited copy
+ * is not limited by its I/O, so measuring it would tell nothing). Ties go to O_DIRECT writes,
+ * which keep the page cache small, and to buffered reads, which use what the cache already
+ * holds, except for a sparse source (see {@link SPARSE_ALLOCATED_SHARE}).
+ */
+export async function ioModeCandidates(
+  source: DeviceSpec,
+  target: DeviceSpec,
+  options: CopyOptions,
+  { pooled, limited }: { pooled: boolean; limited: boolean },
+): Promise<IoModeCandidates> {
+  const askedRead = askedMode(options, 'readMode');
+  const askedWrite = askedMode(options, 'writeMode');
+  if (source.kind !== 'file' || target.kind !== 'file' || !pooled) {
+    return { readModes: [askedRead ?? 'buffered'], writeModes: [askedWrite ?? 'buffered'], why: askedRead || askedWrite ? undefined : 'not measured: an NBD export is one side' };
+  }
+  if (limited && !(askedRead && askedWrite)) {
+    return {
+      readModes: [askedRead ?? 'buffered'],
+      writeModes: [askedWrite ?? 'direct'],
+      why: 'not measured: the copy is rate-limited, so its I/O mode does not set its speed; O_DIRECT writes keep the page cache small',
+    };
+  }
+  const [sparse, readDirect, writeDirect] = await Promise.all([
+    isSparse(source.path),
+    askedRead ? Promise.resolve(true) : directSupported(source.path, false),
+    askedWrite ? Promise.resolve(true) : directSupported(target.path, true),
+  ]);
+  const readModes: IoMode[] = askedRead ? [askedRead] : !readDirect ? ['buffered'] : sparse ? ['direct', 'buffered'] : ['buffered', 'direct'];
+  const writeModes: IoMode[] = askedWrite ? [askedWrite] : writeDirect ? ['direct', 'buffered'] : ['buffered'];
+  return { readModes, writeModes };
+}
+
+async function isSparse(path: string): Promise<boolean> {
+  const st = await stat(path);
+  return st.isFile() && st.size > 0 && st.blocks * 512 < SPARSE_ALLOCATED_SHARE * st.size;
+}
+
+/** False where the file system refuses O_DIRECT (tmpfs, some FUSE and network file systems). */
+async function directSupported(path: string, writable: boolean): Promise<boolean> {
+  try {
+    const handle = await open(path, (writable ? constants.O_RDWR : constants.O_RDONLY) | constants.O_DIRECT);
+    await handle.close();
+    return true;
+  } catch {
+    return false;
+  }
+}

@@ -1,0 +1,266 @@
+/**
+ * Chooses how a bulk copy of files reads its source and writes its target (through the page
+ * cache or with O_DIRECT) by measuring the candidates on the copy itself, since which is faster
+ * depends on the disk and the moment (docs/perf.md): the same setting was 2–3× faster on one
+ * machine and slower on the next.
+ *
+ * The copy runs as a sequence of phases. The first ones are a trial: a window of the image is cut
+ * into slices dealt round-robin to the candidate plans, and each plan copies its slices as one
+ * phase, so every plan sees the same mix of data and holes. A phase's rate is its bytes per
+ * second of wall time, its flush included when it wrote through the page cache, so write-back
+ * that the cache defers is charged to the plan that caused it. The fastest plan then copies; now
+ * and then a re-trial deals a window between it and the runner-up, and the runner-up takes over
+ * if it is clearly faster. Each time it loses, the next re-trial waits twice as long, so a plan
+ * that is slow here costs little.
+ */
+
+/** How one side of the copy does its I/O. */
+export type IoMode = 'buffered' | 'direct';
+
+/** How the source is read and the target written. */
+export interface IoPlan {
+  readonly read: IoMode;
+  readonly write: IoMode;
+}
+
+/** One measured trial phase of a plan. */
+export interface PlanTrial {
+  readonly plan: IoPlan;
+  /** Bytes of the image the phase covered. */
+  readonly bytes: number;
+  readonly seconds: number;
+  /** bytes / seconds. */
+  readonly rate: number;
+}
+
+/** The plan a copy settled on, and why. */
+export interface IoPlanChoice {
+  readonly plan: IoPlan;
+  /** How it was chosen: by trials on the copy, as asked, or fixed without measuring (see `reason`). */
+  readonly basis: 'measured' | 'asked' | 'fixed';
+  /** Why this plan, in words: the rates measured, or why nothing was. */
+  readonly reason: string;
+  /** Every trial phase, in order (empty when nothing was measured). */
+  readonly trials: readonly PlanTrial[];
+  /** Times the plan changed after the first choice (a re-trial found the runner-up faster). */
+  readonly switches: number;
+}
+
+/** One phase to run: the byte ranges `[start, end)` it copies, in order, with `plan`. */
+export interface CopyPhase {
+  readonly ranges: ReadonlyArray<readonly [number, number]>;
+  readonly plan: IoPlan;
+  /** True for a trial phase, whose rate decides the plan. */
+  readonly trial: boolean;
+  /**
+   * A short unmeasured phase before the first trial: it starts the worker threads, a one-off
+   * cost that would otherwise be charged to whichever plan goes first.
+   */
+  readonly warmup?: boolean;
+}
+
+/** Copies smaller than this are not measured: they end before a trial could tell the plans apart. */
+export const MIN_MEASURED_BYTES = 256 << 20;
+/** Bounds of the bytes each plan copies in a trial (otherwise 1/32 of the image). */
+export const MIN_TRIAL_BYTES = 32 << 20;
+export const MAX_TRIAL_BYTES = 256 << 20;
+/** A trial window is dealt to the plans in slices of this many chunks, and at least {@link MIN_SLICE_BYTES}. */
+export const SLICE_CHUNKS = 8;
+export const MIN_SLICE_BYTES = 4 << 20;
+/** The first run of the chosen plan before a re-trial is this many trial lengths; it doubles each time the runner-up loses. */
+export const FIRST_RUN_TRIALS = 16;
+/** A plan must be this much faster to be preferred (noise on a shared disk is about this large). */
+export const SWITCH_MARGIN = 1.1;
+/** A runner-up this many times slower than the plan in force is not tried again: its gap is the kind a disk does not close. */
+export const HOPELESS_FACTOR = 2;
+
+/** What the chooser may pick from. */
+export interface IoPlanChooserOptions {
+  /** Bytes of the image. */
+  readonly size: number;
+  /** Read modes allowed, most preferred first (one mode: the read side is fixed). */
+  readonly readModes: readonly IoMode[];
+  /** Write modes allowed, most preferred first. Ties go to the preferred modes, writes first. */
+  readonly writeModes: readonly IoMode[];
+  /** Phase and slice boundaries fall on multiples of this (the chunk size). */
+  readonly alignment: number;
+  /** Bytes of the warm-up before the first trial (default: one chunk). */
+  readonly warmupBytes?: number;
+}
+
+const keyOf = (plan: IoPlan): string => `${plan.read}/${plan.write}`;
+
+/** `plan` as people say it: "buffered reads, O_DIRECT writes". */
+export function describePlan(plan: IoPlan): string {
+  const mode = (m: IoMode): string => (m === 'direct' ? 'O_DIRECT' : 'buffered');
+  return `${mode(plan.read)} reads, ${mode(plan.write)} writes`;
+}
+
+/** Plans phase by phase: call {@link next} for the phase to run and {@link record} once it has run. */
+export class IoPlanChooser {
+  readonly #o: IoPlanChooserOptions;
+  readonly #trialBytes: number;
+  readonly #trials: PlanTrial[] = [];
+  /** Where the next phase that is not part of a dealt window starts. */
+  #cursor = 0;
+  /** Phases of the window being dealt, still to run. */
+  #queue: CopyPhase[] = [];
+  /** Rates measured in the window being dealt, by plan. */
+  #window = new Map<string, { plan: IoPlan; rate: number }>();
+  /** Latest measured rate of each plan, by plan. */
+  readonly #latest = new Map<string, { plan: IoPlan; rate: number }>();
+  #plan: IoPlan;
+  #reason: string;
+  readonly #basis: IoPlanChoice['basis'];
+  #settled = false;
+  #switches = 0;
+  #runBytes: number;
+  /** The next re-trial starts once the chosen plan has covered this offset. */
+  #retryAt = Number.POSITIVE_INFINITY;
+
+  constructor(options: IoPlanChooserOptions) {
+    this.#o = options;
+    const plans = options.writeModes.flatMap((write) => options.readModes.map((read) => ({ read, write })));
+    this.#plan = plans[0]!;
+    this.#trialBytes = alignUp(Math.min(MAX_TRIAL_BYTES, Math.max(MIN_TRIAL_BYTES, options.size / 32)), options.alignment);
+    this.#runBytes = FIRST_RUN_TRIALS * this.#trialBytes;
+    if (plans.length === 1) {
+      this.#basis = 'asked';
+      this.#reason = 'asked for';
+      this.#settled = true;
+    } else if (options.size < MIN_MEASURED_BYTES) {
+      // Page-cache I/O starts fastest (no alignment probes, no second handles), and so small a
+      // copy cannot crowd the cache.
+      const buffered = (modes: readonly IoMode[]): IoMode => (modes.includes('buffered') ? 'buffered' : modes[0]!);
+      this.#plan = { read: buffered(options.readModes), write: buffered(options.writeModes) };
+      this.#basis = 'fixed';
+      this.#reason = `not measured: a copy under ${MIN_MEASURED_BYTES >> 20} MiB ends before trials could tell the plans apart`;
+      this.#settled = true;
+    } else {
+      this.#basis = 'measured';
+      this.#reason = 'measuring';
+      const warmup = this.#end(0, options.warmupBytes ?? options.alignment);
+      this.#queue.push({ ranges: [[0, warmup]], plan: plans[0]!, trial: false, warmup: true });
+      this.#cursor = warmup;
+      this.#deal(plans);
+    }
+  }
+
+  /** The plan in force. */
+  get plan(): IoPlan {
+    return this.#plan;
+  }
+
+  /** Bytes each plan copies in a trial. */
+  get trialBytes(): number {
+    return this.#trialBytes;
+  }
+
+  get choice(): IoPlanChoice {
+    return { plan: this.#plan, basis: this.#basis, reason: this.#reason, trials: [...this.#trials], switches: this.#switches };
+  }
+
+  /** The next phase to run (undefined once the image is covered). */
+  next(): CopyPhase | undefined {
+    const queued = this.#queue[0];
+    if (queued) return queued;
+    const { size } = this.#o;
+    if (this.#cursor >= size) return undefined;
+    if (this.#settled && this.#cursor >= this.#retryAt) {
+      const runnerUp = this.#runnerUp();
+      if (runnerUp && this.#deal([this.#plan, runnerUp])) return this.#queue[0];
+      this.#retryAt = Number.POSITIVE_INFINITY; // nothing worth trying, or too little left to try it on
+    }
+    const end = Number.isFinite(this.#retryAt) ? this.#end(this.#cursor, Math.max(this.#retryAt - this.#cursor, this.#o.alignment)) : size;
+    const phase: CopyPhase = { ranges: [[this.#cursor, end]], plan: this.#plan, trial: false };
+    this.#queue.push(phase);
+    return phase;
+  }
+
+  /** Records how long the phase {@link next} returned took, its flush included. */
+  record(phase: CopyPhase, seconds: number): void {
+    if (this.#queue[0] === phase) this.#queue.shift();
+    if (!phase.trial) {
+      if (!phase.warmup) this.#cursor = Math.max(this.#cursor, phase.ranges.at(-1)![1]);
+      return;
+    }
+    const bytes = phase.ranges.reduce((n, [s, e]) => n + e - s, 0);
+    const rate = bytes / Math.max(seconds, 1e-6);
+    this.#trials.push({ plan: phase.plan, bytes, seconds, rate });
+    this.#window.set(keyOf(phase.plan), { plan: phase.plan, rate });
+    this.#latest.set(keyOf(phase.plan), { plan: phase.plan, rate });
+    if (this.#queue.some((p) => p.trial)) return;
+    this.#decide();
+  }
+
+  /** Deals the window at the cursor to `plans` in slices; false when too little of the image is left for a fair deal. */
+  #deal(plans: readonly IoPlan[]): boolean {
+    const slice = alignUp(Math.max(SLICE_CHUNKS * this.#o.alignment, MIN_SLICE_BYTES), this.#o.alignment);
+    const windowBytes = plans.length * this.#trialBytes;
+    const start = this.#cursor;
+    const end = this.#end(start, windowBytes);
+    if (end - start < plans.length * slice) return false;
+    const ranges: Array<Array<[number, number]>> = plans.map(() => []);
+    for (let at = start, i = 0; at < end; at += slice, i++) ranges[i % plans.length]!.push([at, Math.min(end, at + slice)]);
+    this.#window = new Map();
+    plans.forEach((plan, i) => this.#queue.push({ ranges: ranges[i]!, plan, trial: true }));
+    this.#cursor = end;
+    return true;
+  }
+
+  /** After a window: the first choice, or a re-trial's verdict. */
+  #decide(): void {
+    const ranked = this.#rank([...this.#window.values()]);
+    const winner = ranked[0]!;
+    if (!this.#settled) {
+      this.#settled = true;
+      this.#plan = winner.plan;
+      const others = ranked.slice(1);
+      this.#reason = `measured: ${rateText(winner.rate)}${others.length ? `, against ${others.map((o) => `${rateText(o.rate)} with ${describePlan(o.plan)}`).join(', ')}` : ''}`;
+      this.#retryAt = this.#cursor + this.#runBytes;
+      return;
+    }
+    const current = this.#window.get(keyOf(this.#plan))!;
+    if (keyOf(winner.plan) !== keyOf(this.#plan) && winner.rate > current.rate * SWITCH_MARGIN) {
+      this.#reason = `switched from ${describePlan(this.#plan)}: ${rateText(winner.rate)} against ${rateText(current.rate)} in a re-trial`;
+      this.#plan = winner.plan;
+      this.#switches++;
+      this.#runBytes = FIRST_RUN_TRIALS * this.#trialBytes;
+    } else {
+      this.#runBytes *= 2;
+    }
+    this.#retryAt = this.#cursor + this.#runBytes;
+  }
+
+  /** Fastest first; a plan within the margin of a faster one ranks by preference instead. */
+  #rank(measured: Array<{ plan: IoPlan; rate: number }>): Array<{ plan: IoPlan; rate: number }> {
+    const top = Math.max(...measured.map((m) => m.rate));
+    const tier = (m: { rate: number }): number => (m.rate * SWITCH_MARGIN >= top ? 0 : 1);
+    return measured.sort((a, b) => tier(a) - tier(b) || (tier(a) === 0 ? this.#preference(a.plan) - this.#preference(b.plan) : b.rate - a.rate));
+  }
+
+  #preference(plan: IoPlan): number {
+    return this.#o.writeModes.indexOf(plan.write) * 10 + this.#o.readModes.indexOf(plan.read);
+  }
+
+  /** The fastest plan measured other than the one in force, unless it is hopelessly slower. */
+  #runnerUp(): IoPlan | undefined {
+    const current = this.#latest.get(keyOf(this.#plan))?.rate ?? 0;
+    const others = [...this.#latest.values()]
+      .filter((b) => keyOf(b.plan) !== keyOf(this.#plan) && b.rate * HOPELESS_FACTOR >= current)
+      .sort((a, b) => b.rate - a.rate);
+    return others[0]?.plan;
+  }
+
+  #end(start: number, length: number): number {
+    return Math.min(this.#o.size, alignUp(start + length, this.#o.alignment));
+  }
+}
+
+function alignUp(n: number, alignment: number): number {
+  return Math.ceil(n / alignment) * alignment;
+}
+
+function rateText(bytesPerSecond: number): string {
+  return `${(bytesPerSecond / 1e9).toFixed(2)} GB/s`;
+}

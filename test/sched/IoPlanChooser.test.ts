@@ -1,0 +1,151 @@
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { FIRST_RUN_TRIALS, IoPlanChooser, MIN_MEASURED_BYTES, SLICE_CHUNKS, type CopyPhase, type IoMode, type IoPlan } from '../../src/sched/IoPlanChooser.js';
+import { fuzzParams } from '../helpers/fuzz.js';
+
+const MiB = 1 << 20;
+const GiB = 1 << 30;
+const BOTH: readonly IoMode[] = ['buffered', 'direct'];
+const DIRECT_FIRST: readonly IoMode[] = ['direct', 'buffered'];
+
+const key = (p: IoPlan): string => `${p.read}/${p.write}`;
+const bytesOf = (p: CopyPhase): number => p.ranges.reduce((n, [s, e]) => n + e - s, 0);
+const kind = (p: CopyPhase): string => (p.warmup ? 'warmup' : p.trial ? 'trial' : 'run');
+
+/**
+ * Runs a chooser to the end on a simulated disk: `secondsOf` says how long a plan takes over one
+ * range (so a test can make holes fast and data slow, or the disk change mid-copy).
+ */
+function simulate(chooser: IoPlanChooser, secondsOf: (plan: IoPlan, start: number, end: number) => number): CopyPhase[] {
+  const phases: CopyPhase[] = [];
+  for (let p = chooser.next(); p; p = chooser.next()) {
+    phases.push(p);
+    chooser.record(p, p.ranges.reduce((t, [s, e]) => t + secondsOf(p.plan, s, e), 0));
+    expect(phases.length).toBeLessThan(10_000);
+  }
+  return phases;
+}
+
+/** A disk where each plan moves bytes at a fixed rate. */
+const rates = (r: Record<string, number>) => (plan: IoPlan, s: number, e: number) => (e - s) / (r[key(plan)] ?? 1e8);
+
+describe('IoPlanChooser', () => {
+  it('does not measure a copy too small to tell plans apart, and uses the page cache for it', () => {
+    const chooser = new IoPlanChooser({ size: MIN_MEASURED_BYTES - MiB, readModes: BOTH, writeModes: DIRECT_FIRST, alignment: MiB });
+    const phases = simulate(chooser, () => 1);
+    expect(phases).toEqual([{ ranges: [[0, MIN_MEASURED_BYTES - MiB]], plan: { read: 'buffered', write: 'buffered' }, trial: false }]);
+    expect(chooser.choice).toMatchObject({ basis: 'fixed', trials: [] });
+  });
+
+  it('runs the one plan it is given without trials, and says it was asked for', () => {
+    const chooser = new IoPlanChooser({ size: 4 * GiB, readModes: ['direct'], writeModes: ['direct'], alignment: MiB });
+    expect(simulate(chooser, () => 1)).toHaveLength(1);
+    expect(chooser.choice).toMatchObject({ basis: 'asked', plan: { read: 'direct', write: 'direct' } });
+  });
+
+  it('warms up, then deals one window to every candidate plan in interleaved slices of equal share', () => {
+    const chooser = new IoPlanChooser({ size: 4 * GiB, readModes: BOTH, writeModes: DIRECT_FIRST, alignment: MiB, warmupBytes: 16 * MiB });
+    const phases = simulate(chooser, () => 0.01);
+    expect(phases.slice(0, 5).map((p) => `${kind(p)} ${key(p.plan)}`)).toEqual([
+      'warmup buffered/direct',
+      'trial buffered/direct',
+      'trial direct/direct',
+      'trial buffered/buffered',
+      'trial direct/buffered',
+    ]);
+    expect(bytesOf(phases[0]!)).toBe(16 * MiB);
+    const trials = phases.slice(1, 5);
+    expect(new Set(trials.map(bytesOf)).size).toBe(1);
+    // Slice i of the window goes to plan i mod 4.
+    const slice = SLICE_CHUNKS * MiB;
+    trials.forEach((t, i) => t.ranges.forEach(([s, e], j) => expect([s, e]).toEqual([16 * MiB + (4 * j + i) * slice, 16 * MiB + (4 * j + i + 1) * slice])));
+  });
+
+  it('copies the rest with the fastest plan measured, and says the rates', () => {
+    const chooser = new IoPlanChooser({ size: 4 * GiB, readModes: BOTH, writeModes: DIRECT_FIRST, alignment: MiB });
+    const phases = simulate(chooser, rates({ 'buffered/direct': 1e9, 'buffered/buffered': 3e9, 'direct/buffered': 2e9 }));
+    expect(chooser.choice.plan).toEqual({ read: 'buffered', write: 'buffered' });
+    expect(chooser.choice.basis).toBe('measured');
+    expect(chooser.choice.reason).toMatch(/^measured: 3\.00 GB\/s, against /);
+    const run = phases.filter((p) => kind(p) === 'run' && key(p.plan) === 'buffered/buffered').reduce((n, p) => n + bytesOf(p), 0);
+    expect(run).toBeGreaterThan(3 * GiB);
+  });
+
+  it('judges plans on the same mix of data and holes, however the data lies', () => {
+    // Holes read 10× faster than data, and the data is one run at the start of the window: a plan
+    // given a range of its own would look fast or slow by where its range fell.
+    const dataEnd = 40 * MiB;
+    const disk = (plan: IoPlan, s: number, e: number): number => {
+      const data = Math.max(0, Math.min(e, dataEnd) - s);
+      const speed = plan.write === 'direct' ? 1.5 : 1; // O_DIRECT writes are truly faster here
+      return (data / 1e9 + (e - s - data) / 1e10) / speed;
+    };
+    const chooser = new IoPlanChooser({ size: 8 * GiB, readModes: ['buffered'], writeModes: ['buffered', 'direct'], alignment: MiB, warmupBytes: MiB });
+    simulate(chooser, disk);
+    expect(chooser.choice.plan.write).toBe('direct');
+  });
+
+  it('gives a tie to the preferred modes (O_DIRECT writes keep the page cache small)', () => {
+    const chooser = new IoPlanChooser({ size: 4 * GiB, readModes: BOTH, writeModes: DIRECT_FIRST, alignment: MiB });
+    simulate(chooser, (p, s, e) => (e - s) / (p.write === 'buffered' ? 1.05e9 : 1e9));
+    expect(chooser.choice.plan.write).toBe('direct');
+  });
+
+  it('tries the runner-up again after a run, and switches to it when it has become clearly faster', () => {
+    const chooser = new IoPlanChooser({ size: 16 * GiB, readModes: ['buffered'], writeModes: DIRECT_FIRST, alignment: MiB });
+    // The disk changes under the copy: after the first GiB, page-cache writes become 2.5× as fast.
+    simulate(chooser, (p, s, e) => (e - s) / (p.write === 'direct' ? 1e9 : s < GiB ? 0.8e9 : 2e9));
+    expect(chooser.choice.plan.write).toBe('buffered');
+    expect(chooser.choice.switches).toBe(1);
+    expect(chooser.choice.reason).toMatch(/^switched from buffered reads, O_DIRECT writes/);
+  });
+
+  it('waits twice as long before each new re-trial of a runner-up that keeps losing', () => {
+    const chooser = new IoPlanChooser({ size: 256 * GiB, readModes: ['buffered'], writeModes: DIRECT_FIRST, alignment: MiB });
+    const phases = simulate(chooser, rates({ 'buffered/direct': 1.5e9, 'buffered/buffered': 1e9 }));
+    const retrialStarts = phases.filter((p, i) => p.trial && i > 2 && key(p.plan) === 'buffered/direct').map((p) => p.ranges[0]![0]);
+    const gaps = retrialStarts.slice(1).map((s, i) => s - retrialStarts[i]!);
+    expect(gaps.length).toBeGreaterThan(2);
+    for (let i = 1; i < gaps.length; i++) expect(gaps[i]! - 2 * chooser.trialBytes).toBe(2 * (gaps[i - 1]! - 2 * chooser.trialBytes));
+    expect(gaps[0]! - 2 * chooser.trialBytes).toBe(2 * FIRST_RUN_TRIALS * chooser.trialBytes);
+    expect(chooser.choice.switches).toBe(0);
+  });
+
+  it('never tries again a runner-up more than twice as slow', () => {
+    const chooser = new IoPlanChooser({ size: 64 * GiB, readModes: BOTH, writeModes: ['direct'], alignment: MiB });
+    const phases = simulate(chooser, rates({ 'direct/direct': 9e9, 'buffered/direct': 1.4e9 }));
+    expect(phases.filter((p) => p.trial)).toHaveLength(2);
+  });
+
+  it('plans phases that cover the image exactly once, on chunk boundaries, whatever the rates', () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 1, max: 2 ** 40 }),
+        fc.constantFrom(4096, MiB, 8 * MiB),
+        fc.array(fc.double({ min: 1e6, max: 1e11, noNaN: true }), { minLength: 4, maxLength: 4 }),
+        (size, alignment, r) => {
+          const chooser = new IoPlanChooser({ size, readModes: BOTH, writeModes: DIRECT_FIRST, alignment, warmupBytes: 16 * alignment });
+          const plans = ['buffered/direct', 'direct/direct', 'buffered/buffered', 'direct/buffered'];
+          const covered: Array<[number, number]> = [];
+          for (let p = chooser.next(); p; p = chooser.next()) {
+            for (const [s, e] of p.ranges) {
+              expect(e).toBeGreaterThan(s);
+              if (e !== size) expect(e % alignment).toBe(0);
+              covered.push([s, e]);
+            }
+            chooser.record(p, bytesOf(p) / r[plans.indexOf(key(p.plan))]!);
+            expect(covered.length).toBeLessThan(100_000);
+          }
+          covered.sort((a, b) => a[0] - b[0]);
+          let at = 0;
+          for (const [s, e] of covered) {
+            expect(s).toBe(at);
+            at = e;
+          }
+          expect(at).toBe(size);
+        },
+      ),
+      fuzzParams(),
+    );
+  });
+});
