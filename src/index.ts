@@ -74,7 +74,16 @@ export type { NbdConnectOptions, NbdExportListing } from './io/nbd/NbdClientHand
 export type { NbdExportInfo } from './io/nbd/NbdExportInfo.js';
 
 /** The server: any BlockDevice (a file, a mirror job's write interceptor) as NBD exports. */
-export { DEFAULT_MAX_REQUESTS_IN_FLIGHT, DEFAULT_SERVER_HANDSHAKE_TIMEOUT_MS, NbdServer, serveNbd } from './io/nbd/NbdServer.js';
+export {
+  CLIENT_READ_AHEAD_BYTES,
+  DEFAULT_MAX_CLIENT_BUFFER_BYTES,
+  DEFAULT_MAX_CONNECTIONS,
+  DEFAULT_MAX_HANDSHAKES,
+  DEFAULT_MAX_REQUESTS_IN_FLIGHT,
+  DEFAULT_SERVER_HANDSHAKE_TIMEOUT_MS,
+  NbdServer,
+  serveNbd,
+} from './io/nbd/NbdServer.js';
 export type { NbdExportOptions, NbdServerOptions } from './io/nbd/NbdServer.js';
 
 /** Size parsing and formatting as the command line does it (64K, 1M, 4G). */

@@ -79,7 +79,8 @@ export class Exports {
 
   async startServer(addr: SocketAddress, maxConnections: number | undefined): Promise<void> {
     if (this.#server) throw new QmpError('NBD server already running');
-    const server = new NbdServer({ exports: [], maxConnections: maxConnections || undefined });
+    // QEMU's max-connections 0 (its default) means no limit.
+    const server = new NbdServer({ exports: [], maxConnections: maxConnections === 0 ? Number.POSITIVE_INFINITY : maxConnections });
     try {
       await server.listen(nbdUriFor(addr, ''));
     } catch (err) {

@@ -47,6 +47,7 @@ import {
   SERVER_GREETING_BYTES,
   optionName,
   optionReplyName,
+  peerText,
   readUInt64,
   u32,
 } from './protocol.js';
@@ -147,7 +148,14 @@ async function withHandshakeSocket<T>(
 
 /** Reads the server's greeting, answers with client flags; returns whether the server speaks fixed newstyle and NO_ZEROES was agreed. */
 async function greet(address: NbdAddress, socket: Socket, reader: SocketReader): Promise<{ fixed: boolean; noZeroes: boolean }> {
-  const hello = await reader.read(SERVER_GREETING_BYTES - 2);
+  let hello: Buffer;
+  try {
+    hello = await reader.read(SERVER_GREETING_BYTES - 2);
+  } catch (err) {
+    if (err instanceof NbdError || reader.buffered > 0) throw err;
+    // Closed before saying a word: what a server at its connection limit does (ours, nbdkit, qemu-nbd without --shared).
+    throw connectionError(address, 'the server closed the connection before greeting us (is it at its connection limit?)', err);
+  }
   if (hello.readBigUInt64BE(0) !== NBD_MAGIC) throw protocolError(address, 'this is not an NBD server (no NBDMAGIC greeting)');
   const second = hello.readBigUInt64BE(8);
   if (second === NBD_CLISERV_MAGIC) {
@@ -195,7 +203,8 @@ function isError(type: number): boolean {
 
 /** The error an option error reply means, with the server's message where it sent one. */
 function optionFailure(address: NbdAddress, option: number, reply: OptionReply, exportName: string): NbdError {
-  const said = reply.data.length > 0 ? `: ${reply.data.toString('utf8')}` : '';
+  // The server's words, but never its control characters: a hostile server must not write to our user's terminal.
+  const said = reply.data.length > 0 ? `: ${peerText(reply.data)}` : '';
   const where = formatNbdUri(address);
   switch (reply.type) {
     case NBD_REP_ERR_UNKNOWN:
@@ -288,7 +297,7 @@ async function go(address: NbdAddress, socket: Socket, reader: SocketReader, exp
         blockSize = [info.readUInt32BE(2), info.readUInt32BE(6), info.readUInt32BE(10)];
         break;
       case NBD_INFO_DESCRIPTION:
-        description = info.subarray(2).toString('utf8');
+        description = peerText(info.subarray(2), 4096);
         break;
       default:
         break; // information we did not ask for and do not know: ignore, as proto.md says
@@ -338,6 +347,10 @@ export async function connectAndNegotiate(address: NbdAddress, options: NbdConne
       structured && options.allocation !== false ? await negotiateAllocation(address, s, r, name) : undefined;
     const viaGo = fixed ? await go(address, s, r, name) : undefined;
     const result = viaGo ?? (await exportName(address, s, r, name, noZeroes));
+    if (!Number.isSafeInteger(result.size)) {
+      // Offsets are JS numbers: past 2^53 they are no longer exact, and a copy would land in the wrong place.
+      throw new NbdError(ErrorCode.NBD_UNSUPPORTED, `NBD server ${formatNbdUri(address)} offers an export of 2^53 bytes or more; blockmirror addresses at most 2^53 - 1`);
+    }
     if (result.blockSize) checkBlockSizes(address, result.blockSize);
     const [min, preferred, max] = result.blockSize ?? [DEFAULT_MIN_BLOCK_SIZE, DEFAULT_PREFERRED_BLOCK_SIZE, DEFAULT_MAX_BLOCK_SIZE];
     const exportInfo: NbdExportInfo = {
@@ -378,7 +391,7 @@ export async function listNbdExports(
       if (nameLength > reply.data.length - 4) throw protocolError(address, 'NBD_REP_SERVER name longer than its reply');
       exports.push({
         name: reply.data.subarray(4, 4 + nameLength).toString('utf8'),
-        description: reply.data.subarray(4 + nameLength).toString('utf8'),
+        description: peerText(reply.data.subarray(4 + nameLength), 4096),
       });
     }
     sendOption(socket, NBD_OPT_ABORT);

@@ -29,6 +29,7 @@ import {
   STRUCTURED_REPLY_HEADER_BYTES,
   commandName,
   errnoNameOf,
+  peerText,
   readUInt64,
   writeUInt64,
 } from './protocol.js';
@@ -367,7 +368,7 @@ export class NbdConnection {
     const messageLength = chunk.readUInt16BE(4);
     const extra = type === NBD_REPLY_TYPE_ERROR_OFFSET ? 8 : 0;
     if (6 + messageLength + extra > chunk.length) throw this.#protocolError('error chunk message longer than the chunk');
-    const message = chunk.subarray(6, 6 + messageLength).toString('utf8');
+    const message = peerText(chunk.subarray(6, 6 + messageLength));
     const where = extra ? ` at offset ${readUInt64(chunk, 6 + messageLength)}` : '';
     req.error ??= { errno: value === 0 ? 'EIO' : errnoNameOf(value), message: message + where };
   }

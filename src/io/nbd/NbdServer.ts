@@ -12,6 +12,25 @@ import { someoneListens } from '../../util/unixSocket.js';
 export const DEFAULT_MAX_REQUESTS_IN_FLIGHT = 64;
 /** Default time a client may take to pick an export. */
 export const DEFAULT_SERVER_HANDSHAKE_TIMEOUT_MS = 30_000;
+/** Default limit of clients connected at once; more are refused (closed before the greeting). */
+export const DEFAULT_MAX_CONNECTIONS = 128;
+/**
+ * Default limit of clients in the handshake at once. A new client past it makes the server drop
+ * the one that has been in the handshake longest: real clients take milliseconds, so a flood of
+ * silent connections can neither hold every slot nor keep real clients out.
+ */
+export const DEFAULT_MAX_HANDSHAKES = 16;
+/**
+ * Default bytes of request data the server holds for one client at once: write payloads received
+ * and not yet written, read data not yet sent, and replies the client has not read. Past it, the
+ * server reads no further requests from that client until some are done. Any single request
+ * (at most 32 MiB) is always let in on its own.
+ */
+export const DEFAULT_MAX_CLIENT_BUFFER_BYTES = 64 << 20;
+/** Bytes a client may send ahead of what the server has parsed before its socket is paused. */
+export const CLIENT_READ_AHEAD_BYTES = 8 << 20;
+/** The smallest buffer budget accepted: it must be well above the socket's own high-water mark. */
+const MIN_CLIENT_BUFFER_BYTES = 1 << 20;
 
 /** One export of an {@link NbdServer}. */
 export interface NbdExportOptions {
@@ -30,10 +49,17 @@ export interface NbdServerOptions {
   readonly exports: readonly NbdExportOptions[];
   /** The export the empty name selects (default: the only export, when there is exactly one). */
   readonly defaultExport?: string;
-  /** Clients at once; more are refused (default: no limit). */
+  /** Clients at once; more are refused: closed before the greeting, counted, reported (default 128; `Infinity`: no limit). */
   readonly maxConnections?: number;
+  /** Clients in the handshake at once; a new one past it drops the oldest such client (default 16). */
+  readonly maxHandshakes?: number;
   /** Requests one client may have in progress; further ones wait in the socket (default 64). */
   readonly maxRequestsInFlight?: number;
+  /**
+   * Bytes of write payloads, read data and unread replies held for one client; past it, its
+   * further requests wait in the socket (default 64 MiB, at least 1 MiB).
+   */
+  readonly maxClientBufferBytes?: number;
   /** Milliseconds a client may take to choose an export before it is dropped (default 30 s). */
   readonly handshakeTimeoutMs?: number;
   /** Told about each client that broke the protocol or lost its connection mid-request (the server carries on). */
@@ -58,7 +84,11 @@ export class NbdServer {
   readonly #defaultExport: string | undefined;
   readonly #options: NbdServerOptions;
   readonly #sessions = new Set<NbdServerSession>();
+  /** Sessions still in the handshake, oldest first (a Set keeps insertion order). */
+  readonly #handshaking = new Set<NbdServerSession>();
   #server: Server | undefined;
+  #refused = 0;
+  #dropped = 0;
   #address: NbdAddress | undefined;
   #shuttingDown = false;
 
@@ -115,6 +145,28 @@ export class NbdServer {
     return this.#sessions.size;
   }
 
+  /** Clients in the handshake now. */
+  get handshakingClients(): number {
+    return this.#handshaking.size;
+  }
+
+  /** Clients refused since the server started, because `maxConnections` were connected. */
+  get refusedClients(): number {
+    return this.#refused;
+  }
+
+  /** Clients dropped in the handshake since the server started, to make room under `maxHandshakes`. */
+  get droppedHandshakes(): number {
+    return this.#dropped;
+  }
+
+  /** Bytes held for all clients now (unparsed input, request data in progress, unsent replies). */
+  get bufferedBytes(): number {
+    let n = 0;
+    for (const s of this.#sessions) n += s.bufferedBytes;
+    return n;
+  }
+
   /**
    * Starts listening where an NBD URI says (its export name does not matter here):
    * `nbd+unix:///?socket=PATH`, or `nbd://HOST:PORT/` (TCP; no host means 127.0.0.1, port 0 a
@@ -125,7 +177,6 @@ export class NbdServer {
     if (this.#server) throw new NbdError(ErrorCode.NBD_CONNECTION, `this NBD server already listens on ${formatNbdUri(this.#address!)}`);
     const address = typeof where === 'string' ? parseNbdUri(where, { forListening: true }) : where;
     const server = createServer((socket) => this.#accept(socket));
-    if (this.#options.maxConnections !== undefined) server.maxConnections = this.#options.maxConnections;
     try {
       await listenOn(server, address);
     } catch (err) {
@@ -157,8 +208,8 @@ export class NbdServer {
     this.#server = undefined;
   }
 
-  /** What every session asks of the server. */
-  #host(): SessionHost {
+  /** What a session asks of the server; `handshakeDone` takes it off the handshake list. */
+  #host(handshakeDone: () => void): SessionHost {
     const server = this;
     const options = this.#options;
     return {
@@ -168,8 +219,11 @@ export class NbdServer {
         return server.#shuttingDown;
       },
       maxRequestsInFlight: options.maxRequestsInFlight ?? DEFAULT_MAX_REQUESTS_IN_FLIGHT,
+      maxBufferBytes: Math.max(MIN_CLIENT_BUFFER_BYTES, options.maxClientBufferBytes ?? DEFAULT_MAX_CLIENT_BUFFER_BYTES),
+      readAheadBytes: CLIENT_READ_AHEAD_BYTES,
       handshakeTimeoutMs: options.handshakeTimeoutMs ?? DEFAULT_SERVER_HANDSHAKE_TIMEOUT_MS,
       onClientError: (err) => options.onClientError?.(err),
+      handshakeDone,
     };
   }
 
@@ -178,10 +232,44 @@ export class NbdServer {
       socket.destroy();
       return;
     }
-    const session = new NbdServerSession(socket, this.#host());
+    const maxConnections = this.#options.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
+    if (this.#sessions.size >= maxConnections) {
+      this.#refused++;
+      refuse(socket);
+      this.#options.onClientError?.(new NbdError(ErrorCode.NBD_CONNECTION, `refused a client: ${maxConnections} clients are connected (maxConnections)`));
+      return;
+    }
+    const maxHandshakes = Math.max(1, this.#options.maxHandshakes ?? DEFAULT_MAX_HANDSHAKES);
+    if (this.#handshaking.size >= maxHandshakes) {
+      const oldest = this.#handshaking.values().next().value!;
+      this.#handshaking.delete(oldest);
+      this.#dropped++;
+      oldest.stop();
+      this.#options.onClientError?.(
+        new NbdError(ErrorCode.NBD_CONNECTION, `dropped the client longest in the handshake: ${maxHandshakes} clients were in the handshake (maxHandshakes)`),
+      );
+    }
+    // handshakeDone runs once the client has chosen an export, long after `session` is assigned.
+    const session: NbdServerSession = new NbdServerSession(socket, this.#host(() => void this.#handshaking.delete(session)));
     this.#sessions.add(session);
-    void session.done.finally(() => this.#sessions.delete(session));
+    this.#handshaking.add(session);
+    void session.done.finally(() => {
+      this.#sessions.delete(session);
+      this.#handshaking.delete(session);
+    });
   }
+}
+
+/**
+ * Closes a refused connection cleanly: an orderly end (FIN) rather than a reset, with what the
+ * client already sent read and dropped (unread input would turn the close into a reset), and a
+ * destroy after a while for a client that never closes its side.
+ */
+function refuse(socket: Socket): void {
+  socket.on('error', () => {});
+  socket.resume();
+  socket.end();
+  setTimeout(() => socket.destroy(), 1000).unref();
 }
 
 /** Creates a server for one device, named after the URI's export name, and starts it listening there. */

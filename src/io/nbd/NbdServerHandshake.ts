@@ -4,6 +4,7 @@
  * the transmission phase that {@link NbdServerSession} serves.
  */
 import type { Socket } from 'node:net';
+import { ErrorCode, NbdError } from '../../errors.js';
 import type { BlockDevice } from '../BlockDevice.js';
 import {
   BASE_ALLOCATION,
@@ -58,6 +59,8 @@ import type { SocketReader } from './SocketReader.js';
 const MAX_OPTION_DATA_BYTES = 64 * 1024;
 /** Options one client may send before it has to pick an export. */
 const MAX_OPTIONS = 256;
+/** Option replies the client has not read past which no further option is read until it does. */
+const MAX_UNREAD_REPLY_BYTES = 1 << 20;
 /** Context id our `base:allocation` gets in SET_META_CONTEXT replies (LIST replies use 0, as proto.md asks). */
 export const ALLOCATION_CONTEXT_ID = 1;
 
@@ -90,7 +93,11 @@ export interface NegotiatedExport {
 }
 
 /** The client broke the protocol in a way that leaves nothing to answer: hang up. */
-export class HangUp extends Error {}
+export class HangUp extends NbdError {
+  constructor(message: string) {
+    super(ErrorCode.NBD_PROTOCOL, message);
+  }
+}
 
 /**
  * One client's option phase, over its socket and reader. {@link NbdServerHandshake.run} resolves
@@ -118,7 +125,11 @@ export class NbdServerHandshake {
    * export that does not exist, which only hanging up answers).
    */
   async run(): Promise<NegotiatedExport | undefined> {
-    const timer = setTimeout(() => this.#socket.destroy(), this.#host.handshakeTimeoutMs);
+    // The whole handshake, not each read: a client trickling a byte at a time is dropped as surely as a silent one.
+    const timer = setTimeout(() => {
+      const s = this.#host.handshakeTimeoutMs / 1000;
+      this.#socket.destroy(new NbdError(ErrorCode.NBD_CONNECTION, `the client did not choose an export within ${s} s of connecting`));
+    }, this.#host.handshakeTimeoutMs);
     try {
       return await this.#negotiate();
     } finally {
@@ -138,6 +149,7 @@ export class NbdServerHandshake {
     }
     this.#noZeroes = (clientFlags & NBD_FLAG_C_NO_ZEROES) !== 0;
     for (let n = 0; n < MAX_OPTIONS; n++) {
+      await this.#repliesRead();
       const header = await this.#reader.read(OPTION_HEADER_BYTES);
       if (header.readBigUInt64BE(0) !== NBD_OPTS_MAGIC) throw new HangUp('bad option magic');
       const option = header.readUInt32BE(8);
@@ -148,6 +160,21 @@ export class NbdServerHandshake {
       if (await this.#option(option, data)) return this.#chosen;
     }
     throw new HangUp(`more than ${MAX_OPTIONS} options`);
+  }
+
+  /** Waits while the client leaves too many option replies unread (it may pipeline options, not ignore the answers). */
+  async #repliesRead(): Promise<void> {
+    while (this.#socket.writableLength > MAX_UNREAD_REPLY_BYTES && !this.#socket.destroyed) {
+      await new Promise<void>((resolve) => {
+        const done = (): void => {
+          this.#socket.off('drain', done);
+          this.#socket.off('close', done);
+          resolve();
+        };
+        this.#socket.on('drain', done);
+        this.#socket.on('close', done);
+      });
+    }
   }
 
   /** Answers one option; true once the transmission phase starts (or the client left). */

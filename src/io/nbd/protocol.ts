@@ -219,6 +219,18 @@ export function optionReplyName(reply: number): string {
   return names[reply] ?? `reply ${reply >>> 0}`;
 }
 
+/**
+ * Text a peer sent (an error message, a description), safe to show to a user: decoded as UTF-8,
+ * with control characters (terminal escapes among them) and bidirectional overrides replaced by
+ * U+FFFD, and cut to `max` characters.
+ */
+export function peerText(bytes: Uint8Array, max = 512): string {
+  const text = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+    .toString('utf8')
+    .replace(/[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g, '\ufffd');
+  return text.length > max ? `${text.slice(0, max)}…` : text;
+}
+
 /** Reads a 64-bit unsigned big-endian offset or size as a number (exact below 2^53). */
 export function readUInt64(buf: Buffer, at: number): number {
   return buf.readUInt32BE(at) * 2 ** 32 + buf.readUInt32BE(at + 4);
