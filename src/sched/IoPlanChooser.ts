@@ -4,9 +4,11 @@
  * depends on the disk and the moment (docs/perf.md): the same setting was 2–3× faster on one
  * machine and slower on the next.
  *
- * The copy runs as a sequence of phases. The first ones are a trial: a window of the image is cut
- * into slices dealt round-robin to the candidate plans, and each plan copies its slices as one
- * phase, so every plan sees the same mix of data and holes. A phase's rate is its bytes per
+ * The copy runs as a sequence of phases. The first ones are trials: a window of the image is cut
+ * into slices dealt round-robin to the plans on trial, and each plan copies its slices as one
+ * phase, so every plan sees the same mix of data and holes. The first window tries the write
+ * modes (with the preferred read mode); on a copy large enough, a second tries the other read mode
+ * against the winner. A phase's rate is its bytes per
  * second of wall time, its flush included when it wrote through the page cache, so write-back
  * that the cache defers is charged to the plan that caused it. The fastest plan then copies; now
  * and then a re-trial deals a window between it and the runner-up, and the runner-up takes over
@@ -61,9 +63,11 @@ export interface CopyPhase {
 
 /** Copies smaller than this are not measured: they end before a trial could tell the plans apart. */
 export const MIN_MEASURED_BYTES = 256 << 20;
-/** Bounds of the bytes each plan copies in a trial (otherwise 1/32 of the image). */
-export const MIN_TRIAL_BYTES = 32 << 20;
+/** Bounds of the bytes each plan copies in a trial (otherwise 1/16 of the image). */
+export const MIN_TRIAL_BYTES = 64 << 20;
 export const MAX_TRIAL_BYTES = 256 << 20;
+/** Copies smaller than this keep the preferred read mode: a second trial window would cost more than it could win. */
+export const MIN_READ_TRIAL_BYTES = 2 << 30;
 /** A trial window is dealt to the plans in slices of this many chunks, and at least {@link MIN_SLICE_BYTES}. */
 export const SLICE_CHUNKS = 8;
 export const MIN_SLICE_BYTES = 4 << 20;
@@ -111,8 +115,10 @@ export class IoPlanChooser {
   readonly #latest = new Map<string, { plan: IoPlan; rate: number }>();
   #plan: IoPlan;
   #reason: string;
-  readonly #basis: IoPlanChoice['basis'];
+  #basis: IoPlanChoice['basis'];
   #settled = false;
+  /** Which trial window is being run before the first choice. */
+  #stage: 'write' | 'read' = 'write';
   #switches = 0;
   #runBytes: number;
   /** The next re-trial starts once the chosen plan has covered this offset. */
@@ -122,7 +128,7 @@ export class IoPlanChooser {
     this.#o = options;
     const plans = options.writeModes.flatMap((write) => options.readModes.map((read) => ({ read, write })));
     this.#plan = plans[0]!;
-    this.#trialBytes = alignUp(Math.min(MAX_TRIAL_BYTES, Math.max(MIN_TRIAL_BYTES, options.size / 32)), options.alignment);
+    this.#trialBytes = alignUp(Math.min(MAX_TRIAL_BYTES, Math.max(MIN_TRIAL_BYTES, options.size / 16)), options.alignment);
     this.#runBytes = FIRST_RUN_TRIALS * this.#trialBytes;
     if (plans.length === 1) {
       this.#basis = 'asked';
@@ -142,7 +148,16 @@ export class IoPlanChooser {
       const warmup = this.#end(0, options.warmupBytes ?? options.alignment);
       this.#queue.push({ ranges: [[0, warmup]], plan: plans[0]!, trial: false, warmup: true });
       this.#cursor = warmup;
-      this.#deal(plans);
+      const read = options.readModes[0]!;
+      if (options.writeModes.length > 1) {
+        this.#deal(options.writeModes.map((write) => ({ read, write })));
+      } else if (!this.#dealReadTrial(this.#plan)) {
+        this.#queue = [];
+        this.#cursor = 0;
+        this.#basis = 'fixed';
+        this.#reason = `not measured: only the read mode is open, and a copy under ${MIN_READ_TRIAL_BYTES >> 30} GiB keeps the preferred one`;
+        this.#settled = true;
+      }
     }
   }
 
@@ -171,7 +186,12 @@ export class IoPlanChooser {
       if (runnerUp && this.#deal([this.#plan, runnerUp])) return this.#queue[0];
       this.#retryAt = Number.POSITIVE_INFINITY; // nothing worth trying, or too little left to try it on
     }
-    const end = Number.isFinite(this.#retryAt) ? this.#end(this.#cursor, Math.max(this.#retryAt - this.#cursor, this.#o.alignment)) : size;
+    // The chosen plan runs in segments of one trial length, each measured, so a plan that slows
+    // down as the copy goes on (page-cache writes once the cache is large) is caught.
+    const end =
+      this.#basis === 'measured'
+        ? this.#end(this.#cursor, Math.max(this.#o.alignment, Math.min(this.#trialBytes, this.#retryAt - this.#cursor)))
+        : size;
     const phase: CopyPhase = { ranges: [[this.#cursor, end]], plan: this.#plan, trial: false };
     this.#queue.push(phase);
     return phase;
@@ -180,12 +200,19 @@ export class IoPlanChooser {
   /** Records how long the phase {@link next} returned took, its flush included. */
   record(phase: CopyPhase, seconds: number): void {
     if (this.#queue[0] === phase) this.#queue.shift();
-    if (!phase.trial) {
-      if (!phase.warmup) this.#cursor = Math.max(this.#cursor, phase.ranges.at(-1)![1]);
-      return;
-    }
     const bytes = phase.ranges.reduce((n, [s, e]) => n + e - s, 0);
     const rate = bytes / Math.max(seconds, 1e-6);
+    if (!phase.trial) {
+      if (phase.warmup) return;
+      this.#cursor = Math.max(this.#cursor, phase.ranges.at(-1)![1]);
+      // A full segment of the chosen plan that fell clearly below the runner-up's rate: try the runner-up now.
+      const runnerUp = this.#runnerUp();
+      if (this.#settled && bytes >= this.#trialBytes && runnerUp && rate * SWITCH_MARGIN < this.#latest.get(keyOf(runnerUp))!.rate) {
+        this.#latest.set(keyOf(this.#plan), { plan: this.#plan, rate });
+        this.#retryAt = this.#cursor;
+      }
+      return;
+    }
     this.#trials.push({ plan: phase.plan, bytes, seconds, rate });
     this.#window.set(keyOf(phase.plan), { plan: phase.plan, rate });
     this.#latest.set(keyOf(phase.plan), { plan: phase.plan, rate });
@@ -208,14 +235,23 @@ export class IoPlanChooser {
     return true;
   }
 
-  /** After a window: the first choice, or a re-trial's verdict. */
+  /** Deals the other read modes against `winner`, if the copy is large enough and there are any. */
+  #dealReadTrial(winner: IoPlan): boolean {
+    const others = this.#o.readModes.filter((r) => r !== winner.read).map((read) => ({ read, write: winner.write }));
+    if (others.length === 0 || this.#o.size < MIN_READ_TRIAL_BYTES || !this.#deal([winner, ...others])) return false;
+    this.#stage = 'read';
+    return true;
+  }
+
+  /** After a window: the next trial window, the first choice, or a re-trial's verdict. */
   #decide(): void {
     const ranked = this.#rank([...this.#window.values()]);
     const winner = ranked[0]!;
     if (!this.#settled) {
-      this.#settled = true;
       this.#plan = winner.plan;
-      const others = ranked.slice(1);
+      if (this.#stage === 'write' && this.#dealReadTrial(winner.plan)) return;
+      this.#settled = true;
+      const others = this.#rank([...this.#latest.values()]).filter((o) => keyOf(o.plan) !== keyOf(winner.plan));
       this.#reason = `measured: ${rateText(winner.rate)}${others.length ? `, against ${others.map((o) => `${rateText(o.rate)} with ${describePlan(o.plan)}`).join(', ')}` : ''}`;
       this.#retryAt = this.#cursor + this.#runBytes;
       return;
