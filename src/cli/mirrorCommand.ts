@@ -14,6 +14,7 @@ import { ExitCode, type ExitCodeValue } from './exitCodes.js';
 import { showMirrorProgress } from './mirrorProgress.js';
 import { addCopyTuningOptions, choiceOption, sizeOption, type CopyTuningOptions } from './options.js';
 import { emitEvent, errorCode, reportError } from './output.js';
+import type { ConvergenceEvent } from '../job/MirrorController.js';
 import { ProgressBar } from './ProgressBar.js';
 
 /** Options of `blockmirror mirror`, as commander parses them. */
@@ -155,6 +156,12 @@ class MirrorRun {
       const where = e.offset === undefined ? '' : ` at ${e.offset}+${e.length ?? 0}`;
       const then = e.action === 'stop' ? 'the job is paused: fix the cause, then send SIGUSR2 to resume' : e.action === 'ignore' ? 'will retry' : 'the job fails';
       this.#report.say(`${e.operation} error${where}: ${e.errno}: ${e.message}; ${then}`);
+    });
+    job.on('convergence', (e: ConvergenceEvent) => {
+      this.#report.event('convergence', { seconds: this.seconds, ...e });
+      if (e.action === 'write-blocking') {
+        this.#report.say('the writer outpaces the copy: switched to write-blocking, so every write now reaches both sides and the backlog can only shrink');
+      } else if (e.action === 'reported') this.#report.say(`not converging: ${e.reason}`);
     });
     job.on('completed', ({ len, offset }) => this.#report.event('completed', { seconds: this.seconds, len, offset, pivoted: true }));
     job.on('cancelled', ({ len, offset, consistent }) => this.#report.event('cancelled', { seconds: this.seconds, len, offset, consistent }));

@@ -194,6 +194,8 @@ export class Jobs {
         onTargetError: r.onTargetError,
         autoFinalize: r.autoFinalize,
         autoDismiss: r.autoDismiss,
+        // QEMU's mirror copies on whatever the writer does and reports; a QMP client expects that.
+        onNoConvergence: 'report',
         // Copies run on this thread, next to the exports' requests: measured to reach READY far
         // sooner under a writer than the worker pool, and no slower without one (docs/perf.md).
         workers: 0,

@@ -144,7 +144,8 @@ export class MirrorController {
     const target = options.latencyTargetMs === undefined ? undefined : options.latencyTargetMs * 1000;
     this.#measuresTarget = options.adaptive && target === undefined;
     this.#stuckMayRemeasure = this.#measuresTarget;
-    this.#baseline = this.#measuresTarget ? { since: 0, writes: 0, p99s: [] } : 'done';
+    // The copy starts at full speed, as QEMU's does; the application's latency is measured once it writes.
+    this.#baseline = this.#measuresTarget ? 'idle' : 'done';
     this.#tuner = new ChunkTuner(options.limits, options.initial, target);
   }
 
@@ -159,8 +160,7 @@ export class MirrorController {
 
   start(): void {
     this.#started = performance.now();
-    if (this.#baseline === 'done') this.#apply(this.#tuner.chunkSize, this.#tuner.queueDepth);
-    else this.#beginBaseline(this.#started);
+    this.#apply(this.#tuner.chunkSize, this.#tuner.queueDepth);
     this.#timer = setInterval(() => this.tick(performance.now()), CONTROL_INTERVAL_MS).unref();
   }
 

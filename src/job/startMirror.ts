@@ -76,7 +76,11 @@ export interface MirrorOptions {
   readonly adaptive?: boolean;
   /** The application's write p99 to keep under, in ms (default: twice its p99 measured before the copy ramps up). */
   readonly latencyTarget?: number;
-  /** When the writer outpaces the copier: `report` (an event), `write-blocking` (switch to it), `throttle` (slow writers down). Default `report`. */
+  /**
+   * When the writer outpaces the copier: `write-blocking` (switch to it, so the backlog can only
+   * shrink: the default, so a job converges whatever the writer does), `report` (an event only,
+   * QEMU's behaviour and the QMP daemon's), `throttle` (slow writers down).
+   */
   readonly onNoConvergence?: NoConvergencePolicy;
   /** A ready job whose backlog needs more than this many seconds of copying drops back to running (default 1). */
   readonly readyBacklogSeconds?: number;
@@ -246,7 +250,7 @@ export async function startMirror(options: MirrorOptions): Promise<MirrorJob> {
         initial: { chunkSize: Math.min(tuning.chunkSize, source.maxRequest, target.maxRequest), inFlight: tuning.bufferSize },
         adaptive: options.adaptive ?? true,
         latencyTargetMs: options.latencyTarget,
-        onNoConvergence: options.onNoConvergence ?? 'report',
+        onNoConvergence: options.onNoConvergence ?? 'write-blocking',
         readyBacklogSeconds: options.readyBacklogSeconds ?? 1,
       },
     });

@@ -151,6 +151,17 @@ describe('MirrorController', () => {
     expect(copier.scheduler.options.queueDepth).toBe(last.queueDepth);
   });
 
+  it('starts at full speed, with the whole initial depth and no pace, when nobody has written yet', () => {
+    const job = new FakeJob();
+    job.backlogBytes = 1e12;
+    const { c, paces, copier } = measuringController(job);
+    copier.scheduler.options.queueDepth = 1;
+    c.start();
+    c.stop();
+    expect(copier.scheduler.options.queueDepth).toBe(16);
+    expect(paces).not.toContain(1 << 20);
+  });
+
   it('copies at full pace while nobody writes, and measures the baseline once the application starts', () => {
     const job = new FakeJob();
     job.backlogBytes = 1e12;

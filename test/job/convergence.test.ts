@@ -51,10 +51,10 @@ function nextEvent<T>(job: MirrorJob, name: 'ready' | 'ready-lost', timeoutMs = 
 }
 
 describe('convergence policies on a live mirror', () => {
-  it('write-blocking: a writer faster than the copier makes the job switch to write-blocking, and it then gets ready', async () => {
+  it('by default (write-blocking): a writer faster than the copier makes the job switch to write-blocking, and it then gets ready', async () => {
     const { src, dst } = await image(64 * MiB);
     // The copier is held to 4 MiB/s; the writer dirties far more in the background mode it starts in.
-    const job = await startMirror({ source: src, target: dst, sync: 'none', speed: 4 * MiB, onNoConvergence: 'write-blocking' });
+    const job = await startMirror({ source: src, target: dst, sync: 'none', speed: 4 * MiB });
     const events: ConvergenceEvent[] = [];
     job.on('convergence', (e) => events.push(e));
     const writer = busyWriter(job);
