@@ -129,4 +129,7 @@ export { applyStartupOptions, StartupError } from './control/startup.js';
 export type { StartupOptions } from './control/startup.js';
 export { QmpError } from './control/qmp/QmpError.js';
 export type { QmpErrorClass } from './control/qmp/QmpError.js';
-export type { QmpVersion } from './control/qmp/QmpServer.js';
+export type { QmpLimits, QmpVersion } from './control/qmp/QmpServer.js';
+/** What a QMP client can make the daemon hold: the defaults of {@link QmpLimits}. */
+export { MAX_PENDING_COMMANDS, MAX_QMP_CLIENTS, MAX_WRITE_BUFFER, NEGOTIATION_TIMEOUT_MS } from './control/qmp/QmpServer.js';
+export { MAX_JSON_BYTES, MAX_NESTING } from './control/qmp/JsonStream.js';

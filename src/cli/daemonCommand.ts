@@ -1,8 +1,10 @@
 import { writeFile, unlink } from 'node:fs/promises';
-import type { Command } from 'commander';
+import { InvalidArgumentError as CommanderArgumentError, type Command } from 'commander';
 import { Daemon } from '../control/Daemon.js';
+import { MAX_PENDING_COMMANDS, MAX_QMP_CLIENTS, MAX_WRITE_BUFFER, NEGOTIATION_TIMEOUT_MS } from '../control/qmp/QmpServer.js';
 import { applyStartupOptions, StartupError } from '../control/startup.js';
 import { ExitCode } from './exitCodes.js';
+import { integerOption, sizeOption } from './options.js';
 
 /** Options of `blockmirror daemon`, as commander parses them (every QEMU-style option repeats). */
 interface DaemonCommandOptions {
@@ -14,9 +16,23 @@ interface DaemonCommandOptions {
   monitor: string[];
   bitmapDir?: string;
   pidfile?: string;
+  qmpMaxClients: number;
+  qmpMaxPending: number;
+  qmpMaxUnread: number;
+  qmpNegotiationTimeout: number;
 }
 
 const collect = (value: string, previous: string[]): string[] => [...previous, value];
+
+/** A size that must not be 0 (a limit of 0 bytes would stop every client at its first reply). */
+function positiveSizeOption(what: string): (value: string) => number {
+  const parse = sizeOption(what);
+  return (value) => {
+    const n = parse(value);
+    if (n < 1) throw new CommanderArgumentError(`${what} must be at least 1 byte`);
+    return n;
+  };
+}
 
 export function registerDaemonCommand(program: Command): void {
   program
@@ -30,13 +46,25 @@ export function registerDaemonCommand(program: Command): void {
     .option('--monitor <options>', 'a QMP monitor on a --chardev: chardev=X', collect, [])
     .option('--bitmap-dir <dir>', 'where persistent dirty bitmaps are saved (default: next to each image)')
     .option('--pidfile <path>', 'write the process id here once ready')
+    .option('--qmp-max-clients <n>', 'QMP clients each monitor serves at once (more are refused)', integerOption('--qmp-max-clients', 1, 65536), MAX_QMP_CLIENTS)
+    .option('--qmp-max-pending <n>', "commands a QMP client may have queued; past it its socket is not read", integerOption('--qmp-max-pending', 1, 65536), MAX_PENDING_COMMANDS)
+    .option('--qmp-max-unread <size>', "output a QMP client may leave unread before its commands wait (twice it: disconnected)", positiveSizeOption('--qmp-max-unread'), MAX_WRITE_BUFFER)
+    .option('--qmp-negotiation-timeout <seconds>', 'time a QMP client has to send qmp_capabilities after the greeting', integerOption('--qmp-negotiation-timeout', 1, 86400), NEGOTIATION_TIMEOUT_MS / 1000)
     .action(async (opts: DaemonCommandOptions) => {
       await runDaemon(opts);
     });
 }
 
 async function runDaemon(opts: DaemonCommandOptions): Promise<void> {
-  const daemon = new Daemon({ bitmapDir: opts.bitmapDir });
+  const daemon = new Daemon({
+    bitmapDir: opts.bitmapDir,
+    qmpLimits: {
+      maxClients: opts.qmpMaxClients,
+      maxPendingCommands: opts.qmpMaxPending,
+      maxWriteBuffer: opts.qmpMaxUnread,
+      negotiationTimeoutMs: opts.qmpNegotiationTimeout * 1000,
+    },
+  });
   const onSignal = (signal: NodeJS.Signals): void => {
     if (daemon.stopping) process.exit(ExitCode.INTERRUPTED);
     process.stderr.write(`blockmirror daemon: ${signal}: stopping (jobs cancelled, bitmaps saved; again to quit at once)\n`);

@@ -11,7 +11,7 @@ import { Exports, WriteBarrier } from './Exports.js';
 import { Jobs } from './Jobs.js';
 import { BitmapStore } from './persistentBitmaps.js';
 import { QmpError } from './qmp/QmpError.js';
-import { QmpServer, type QmpDispatcher, type QmpSession, type QmpVersion } from './qmp/QmpServer.js';
+import { QmpServer, type QmpDispatcher, type QmpLimits, type QmpSession, type QmpVersion } from './qmp/QmpServer.js';
 import { check, type InputMode } from './qmp/schema.js';
 
 /**
@@ -24,6 +24,8 @@ export interface DaemonOptions {
   /** Where persistent bitmaps are saved (default: next to each image). */
   readonly bitmapDir?: string;
   readonly version?: QmpVersion;
+  /** Limits on what each QMP client may make the daemon hold (default: qmp/QmpServer.ts's DEFAULT_QMP_LIMITS). */
+  readonly qmpLimits?: Partial<QmpLimits>;
 }
 
 const COMMANDS: readonly QmpCommand[] = [
@@ -52,11 +54,13 @@ export class Daemon implements QmpDispatcher {
   readonly stopped: Promise<string>;
   readonly #commands = new Map(COMMANDS.map((c) => [c.name, c]));
   readonly #monitors: QmpServer[] = [];
+  readonly #qmpLimits: Partial<QmpLimits>;
   #stopping: Promise<void> | undefined;
   #stoppedWith!: (reason: string) => void;
 
   constructor(options: DaemonOptions = {}) {
     this.version = options.version ?? QMP_VERSION;
+    this.#qmpLimits = options.qmpLimits ?? {};
     const store = new BitmapStore(options.bitmapDir);
     this.graph = new BlockGraph(store);
     this.bitmaps = new Bitmaps(this.graph, store);
@@ -73,9 +77,9 @@ export class Daemon implements QmpDispatcher {
     return this.#stopping !== undefined;
   }
 
-  /** Starts a QMP monitor on a Unix socket. */
+  /** Starts a QMP monitor on a Unix socket, with the daemon's QMP limits. */
   async listenQmp(path: string): Promise<QmpServer> {
-    const monitor = await QmpServer.listen(path, this, this.version);
+    const monitor = await QmpServer.listen(path, this, this.version, this.#qmpLimits);
     this.#monitors.push(monitor);
     return monitor;
   }

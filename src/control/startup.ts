@@ -1,3 +1,4 @@
+import { ErrorCode, InvalidArgumentError, type BlockmirrorErrorOptions } from '../errors.js';
 import { QmpError } from './qmp/QmpError.js';
 import { parseKeyval } from './qmp/keyval.js';
 import { bool, check, enumOf, str, struct, uint32 } from './qmp/schema.js';
@@ -14,8 +15,16 @@ export interface StartupOptions {
   readonly qmp: readonly string[];
 }
 
-/** A start-up option that cannot be used, named as the user gave it. */
-export class StartupError extends Error {}
+/**
+ * A start-up option that cannot be used, named as the user gave it: an
+ * {@link InvalidArgumentError} with code `BM_ERR_INVALID_OPTION` (the command line exits with the
+ * usage status), the QMP error it came from, if any, as its cause.
+ */
+export class StartupError extends InvalidArgumentError {
+  constructor(message: string, options: BlockmirrorErrorOptions = {}) {
+    super(ErrorCode.INVALID_OPTION, message, options);
+  }
+}
 
 const chardevSchema = struct({
   backend: enumOf('socket'),
@@ -33,7 +42,7 @@ function parse(option: string, text: string, impliedKey?: string): { value: Reco
   try {
     return { value: parseKeyval(text, impliedKey), mode: text.trimStart().startsWith('{') ? 'json' : 'keyval' };
   } catch (err) {
-    throw new StartupError(`--${option} ${text}: ${(err as Error).message}`);
+    throw new StartupError(`--${option} ${text}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
   }
 }
 
@@ -42,7 +51,7 @@ async function apply(option: string, text: string, run: () => Promise<unknown>):
     await run();
   } catch (err) {
     if (err instanceof StartupError) throw err;
-    throw new StartupError(`--${option} ${text}: ${err instanceof QmpError ? err.message : String(err)}`);
+    throw new StartupError(`--${option} ${text}: ${err instanceof QmpError ? err.message : String(err)}`, { cause: err });
   }
 }
 

@@ -42,7 +42,8 @@ export function checkLocation(value: unknown, name: 'source' | 'target'): string
 
 /** Checks a source or target that may also be a device spec (`{ kind: 'file' | 'nbd', ... }`). */
 export function checkLocationOrSpec(value: unknown, name: 'source' | 'target'): string | DeviceSpec {
-  if (typeof value === 'object' && value !== null && ((value as DeviceSpec).kind === 'file' || (value as DeviceSpec).kind === 'nbd')) return value as DeviceSpec;
+  const kind = typeof value === 'object' && value !== null ? (value as DeviceSpec).kind : undefined;
+  if (kind === 'file' || kind === 'nbd' || kind === 'faulty') return value as DeviceSpec;
   if (typeof value === 'object' && value !== null) {
     throw new InvalidArgumentError(ErrorCode.INVALID_OPTION, `${name} must be a path, an NBD URI or a device spec with kind 'file' or 'nbd', not ${describeValue(value)}`);
   }

@@ -51,8 +51,8 @@ export class QmpClient {
         if (line) this.#receive(JSON.parse(line) as Record<string, unknown>);
       }
     };
-    socket.on('data', (d: Buffer) => {
-      buffer += d.toString('utf8');
+    socket.on('data', (d: string) => {
+      buffer += d;
       take();
     });
     socket.on('close', () => (this.#closed = true));
@@ -62,11 +62,13 @@ export class QmpClient {
   /** Connects and reads the greeting; negotiates capabilities unless `negotiate` is false. */
   static async connect(path: string, options: { negotiate?: boolean } = {}): Promise<QmpClient> {
     const socket = connect({ path });
+    // Decoded as a stream, so a character split across two reads stays one character.
+    socket.setEncoding('utf8');
     socket.on('error', () => {});
     const { greeting, rest } = await new Promise<{ greeting: Record<string, unknown>; rest: string }>((resolve, reject) => {
       let text = '';
-      const onData = (d: Buffer): void => {
-        text += d.toString('utf8');
+      const onData = (d: string): void => {
+        text += d;
         const nl = text.indexOf('\n');
         if (nl < 0) return;
         socket.off('data', onData);

@@ -274,4 +274,10 @@ describe('NBD server limits', () => {
     expect((ok as { data: Buffer }).data.subarray(8).equals(Buffer.alloc(4096, 0x11))).toBe(true);
     expect(errors).toEqual([]);
   });
+
+  it('refuses an export description longer than an NBD string may be, naming the export', () => {
+    expect(() => new NbdServer({ exports: [{ name: 'disk', device: new MemoryDevice(MiB), description: 'd'.repeat(4097) }] })).toThrow(
+      expect.objectContaining({ code: ErrorCode.INVALID_OPTION, message: expect.stringMatching(/description of export 'disk' is longer than 4096 bytes/) }),
+    );
+  });
 });

@@ -4,7 +4,11 @@
  * numeric keys for lists (`bitmaps.0=a`). Every value stays a string; the schema check converts
  * (see schema.ts `keyval` mode). A JSON object (`--blockdev '{"driver": ...}'`) is taken as is.
  */
+import { MAX_NESTING } from './JsonStream.js';
 import { QmpError } from './QmpError.js';
+
+/** Deepest dotted key accepted (`a.b.c` is 3): the same bound as QMP's JSON nesting. */
+const MAX_KEY_DEPTH = MAX_NESTING;
 
 /**
  * Parses an option argument. `impliedKey` names the key of a first item without `=` (QEMU's
@@ -40,7 +44,9 @@ export function parseKeyval(text: string, impliedKey?: string): Record<string, u
     if (!/^[A-Za-z0-9_.-]+$/.test(key) || key.split('.').some((p) => p === '')) throw new QmpError(`Invalid parameter '${key}'`);
     setPath(root, key.split('.'), value, key);
   });
-  return listify(root) as Record<string, unknown>;
+  // The root is the option's object whatever its keys (QEMU's is a dict): `0=a` is member '0', not a list.
+  for (const k of Object.keys(root)) define(root, k, listify(root[k]));
+  return root;
 }
 
 /** Splits at single commas; `,,` is a comma inside a value. */
@@ -65,18 +71,36 @@ function splitItems(text: string): string[] {
   return items.filter((s, i) => s !== '' || i < items.length - 1);
 }
 
-function setPath(obj: Record<string, unknown>, parts: string[], value: string, key: string): void {
-  const [head, ...rest] = parts as [string, ...string[]];
-  if (rest.length === 0) {
-    if (head in obj) throw new QmpError(`Parameter '${key}' is set more than once`);
-    obj[head] = value;
-    return;
+/**
+ * Sets `root`'s member at the dotted `parts`. Only own members are looked at and members are
+ * defined, never assigned: a key is data, so `__proto__.x=1` is a member named `__proto__` (that
+ * the schema refuses), not a write to Object.prototype, and `toString=x` is not "set more than once".
+ */
+function setPath(root: Record<string, unknown>, parts: readonly string[], value: string, key: string): void {
+  if (parts.length > MAX_KEY_DEPTH) throw new QmpError(`Parameter '${key.slice(0, 64)}...' is nested more than ${MAX_KEY_DEPTH} levels deep`);
+  let obj = root;
+  for (let i = 0; i < parts.length - 1; i++) {
+    const head = parts[i]!;
+    const child = Object.hasOwn(obj, head) ? obj[head] : undefined;
+    if (typeof child === 'string') throw new QmpError(`Parameters '${key}' and '${parts.slice(0, i + 1).join('.')}' conflict`);
+    let next = child as Record<string, unknown> | undefined;
+    if (next === undefined) {
+      next = {};
+      define(obj, head, next);
+    }
+    obj = next;
   }
-  const child = obj[head];
-  if (typeof child === 'string') throw new QmpError(`Parameters '${key}' and '${parts[0]}' conflict`);
-  const next = (child as Record<string, unknown> | undefined) ?? {};
-  obj[head] = next;
-  setPath(next, rest, value, key);
+  const last = parts[parts.length - 1]!;
+  if (Object.hasOwn(obj, last)) {
+    if (typeof obj[last] !== 'string') throw new QmpError(`Parameters '${key}' and '${key}.${Object.keys(obj[last] as object)[0] ?? ''}' conflict`);
+    throw new QmpError(`Parameter '${key}' is set more than once`);
+  }
+  define(obj, last, value);
+}
+
+/** An own, enumerable member, whatever its name (assignment to `__proto__` would set the prototype). */
+function define(obj: Record<string, unknown>, key: string, value: unknown): void {
+  Object.defineProperty(obj, key, { value, enumerable: true, writable: true, configurable: true });
 }
 
 /** Objects whose keys are exactly 0..n-1 become arrays (QEMU's keyval lists). */
@@ -84,7 +108,7 @@ function listify(v: unknown): unknown {
   if (typeof v !== 'object' || v === null) return v;
   const obj = v as Record<string, unknown>;
   const keys = Object.keys(obj);
-  for (const k of keys) obj[k] = listify(obj[k]);
+  for (const k of keys) define(obj, k, listify(obj[k]));
   if (keys.length > 0 && keys.every((k) => /^\d+$/.test(k))) {
     const sorted = keys.map(Number).sort((a, b) => a - b);
     if (sorted.every((n, i) => n === i)) return sorted.map((n) => obj[String(n)]);

@@ -103,6 +103,9 @@ export class NbdServer {
     if (Buffer.byteLength(e.name) > NBD_MAX_STRING_BYTES) {
       throw new InvalidArgumentError(ErrorCode.INVALID_OPTION, `export name '${e.name.slice(0, 40)}...' is longer than ${NBD_MAX_STRING_BYTES} bytes`);
     }
+    if (e.description !== undefined && Buffer.byteLength(e.description) > NBD_MAX_STRING_BYTES) {
+      throw new InvalidArgumentError(ErrorCode.INVALID_OPTION, `the description of export '${e.name.slice(0, 40)}' is longer than ${NBD_MAX_STRING_BYTES} bytes`);
+    }
     if (this.#exports.has(e.name)) throw new InvalidArgumentError(ErrorCode.INVALID_OPTION, `two exports are named '${e.name}'`);
     this.#exports.set(e.name, {
       name: e.name,
