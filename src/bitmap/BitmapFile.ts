@@ -271,6 +271,10 @@ function bodyOf(bitmap: DirtyBitmap): Buffer {
  */
 export async function saveBitmap(path: string, bitmap: DirtyBitmap, options: SaveBitmapOptions = {}): Promise<BitmapFileHeader> {
   const generation = options.generation ?? (await nextGeneration(path));
+  // A generation a loader would refuse (see readBitmapHeader) is refused here, before anything is written.
+  if (!Number.isSafeInteger(generation) || generation < 0) {
+    throw new BitmapError(ErrorCode.BITMAP_STATE, `cannot save ${path}: generation ${generation} is not a whole number from 0 to 2^53 - 1`);
+  }
   const body = bodyOf(bitmap);
   const flags = options.inUse ? BITMAP_FLAG_IN_USE : 0;
   const header: BitmapFileHeader = {

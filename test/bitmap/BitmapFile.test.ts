@@ -251,4 +251,11 @@ describe('loading a damaged or wrong file', () => {
       expect(err, `byte ${at}`).toBeInstanceOf(BitmapError);
     }
   });
+
+  it.each([-1, 1.5, 2 ** 53])('refuses to save generation %s with BM_ERR_BITMAP_STATE, writing nothing', async (generation) => {
+    const dir = await scratch();
+    const path = join(dir, 'bad-generation.bmap');
+    await expect(saveBitmap(path, sampleBitmap(), { generation })).rejects.toMatchObject({ code: ErrorCode.BITMAP_STATE });
+    expect(await readdir(dir)).toEqual([]);
+  });
 });
