@@ -187,8 +187,9 @@ export class FileDevice implements BlockDevice {
     if (first.proven) return first.base;
     const scratch = await this.#scratchFile();
     if (scratch) {
-      const written = await this.#probeAt(raw, (base) => scratch.write(raw, base, PROBE_BYTES, 0));
-      if (written.proven) return written.base;
+      // A full file system (ENOSPC, EDQUOT) makes the write probe inconclusive, not the copy fail.
+      const written = await this.#probeAt(raw, (base) => scratch.write(raw, base, PROBE_BYTES, 0)).catch(() => undefined);
+      if (written?.proven) return written.base;
     }
     for (const at of probeOffsets(this.#size).slice(1)) {
       const found = await this.#probeAt(raw, (base) => this.#direct!.read(raw, base, PROBE_BYTES, at));
@@ -200,13 +201,15 @@ export class FileDevice implements BlockDevice {
   /** An unlinked O_DIRECT file beside a regular file, for write probes (undefined where none can be made). */
   #scratchFile(): Promise<FileHandle | undefined> {
     this.#scratch ??= (async () => {
-      if (!(await this.#handle.stat()).isFile()) return undefined;
       const path = join(dirname(this.description), `.blockmirror-probe-${process.pid}-${randomBytes(6).toString('hex')}`);
       try {
+        if (!(await this.#handle.stat()).isFile()) return undefined;
         const handle = await open(path, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL | constants.O_DIRECT, 0o600);
-        await unlink(path).catch(() => undefined);
+        await unlink(path);
         return handle;
-      } catch {
+      } catch (err) {
+        // Linux may create the file and then refuse O_DIRECT (EINVAL): it must not stay behind.
+        if (errnoOf(err) !== 'EEXIST') await unlink(path).catch(() => undefined);
         return undefined;
       }
     })();

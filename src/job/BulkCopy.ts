@@ -82,6 +82,7 @@ export class BulkCopy {
     const { chooser, target, runner } = this.#s;
     const onAbort = (): void => this.#stop();
     options.signal?.addEventListener('abort', onAbort, { once: true });
+    if (options.signal?.aborted) onAbort(); // aborted while the copy was being set up
     const report = (): void => options.onProgress?.(this.progress());
     const ticker = options.onProgress ? setInterval(report, options.progressInterval ?? 100) : undefined;
     try {
@@ -154,8 +155,10 @@ export class BulkCopy {
     try {
       await scheduler.run(new RangesExtentSource(phase.ranges));
       await pacer.settle();
-      // Write-back deferred by the page cache is this phase's cost: paid here, not by the next.
-      if (buffered && !this.#stopped) await target.flush();
+      // Write-back deferred by the page cache is a trial's cost: paid here, not by the next
+      // phase. A run segment leaves it to the pacer's flushes and the final one, as a copy
+      // through the page cache is best run (the kernel writes back while the copy goes on).
+      if (buffered && phase.trial && !this.#stopped) await target.flush();
     } finally {
       this.pacedFlushes += pacer.flushes;
       this.#scheduler = undefined;

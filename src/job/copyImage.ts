@@ -107,11 +107,13 @@ export async function copyImage(first: string | CopyImageOptions, second?: strin
     dst = await openDevice(targetSpec);
     checkTargetSize(target, dst.size, src.size);
     // Every stream is one task, so each worker must run its share of them at once.
-    const streams = tuning.speed === 0 && sourceSpec.kind === 'file' && targetSpec.kind === 'file';
+    const files = sourceSpec.kind === 'file' && targetSpec.kind === 'file';
+    const streams = tuning.speed === 0 && files;
     const tasksPerWorker = streams ? Math.ceil(tuning.queueDepth / tuning.workers) : TASKS_PER_WORKER;
+    // Only two files are copied by the worker pool; an NBD export keeps the copy on this thread.
+    const modes = await ioModeCandidates(sourceSpec, targetSpec, options, { pooled: files, limited: tuning.speed > 0 });
     const { runner, plan } = createCopyRunner(src, dst, sourceSpec, { workers: tuning.workers, tasksPerWorker });
     const runTuning = plan.inline ? { ...tuning, workers: 1 } : tuning;
-    const modes = await ioModeCandidates(sourceSpec, targetSpec, options, { pooled: !plan.inline, limited: tuning.speed > 0 });
     const chunkSize = Math.min(tuning.chunkSize, dst.maxRequest, src.maxRequest);
     // The warm-up gives every operation in flight one chunk: each worker opens its handles and buffers.
     const chooser = new IoPlanChooser({ size: src.size, alignment: chunkSize, warmupBytes: chunkSize * tuning.queueDepth, ...modes });

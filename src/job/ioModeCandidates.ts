@@ -39,20 +39,23 @@ export async function ioModeCandidates(
   if (source.kind !== 'file' || target.kind !== 'file' || !pooled) {
     return { readModes: [askedRead ?? 'buffered'], writeModes: [askedWrite ?? 'buffered'], why: askedRead || askedWrite ? undefined : 'not measured: an NBD export is one side' };
   }
-  if (limited && !(askedRead && askedWrite)) {
-    return {
-      readModes: [askedRead ?? 'buffered'],
-      writeModes: [askedWrite ?? 'direct'],
-      why: 'not measured: the copy is rate-limited, so its I/O mode does not set its speed; O_DIRECT writes keep the page cache small',
-    };
-  }
   const [sparse, readDirect, writeDirect] = await Promise.all([
     isSparse(source.path),
     askedRead ? Promise.resolve(true) : directSupported(source.path, false),
     askedWrite ? Promise.resolve(true) : directSupported(target.path, true),
   ]);
+  if (limited && !(askedRead && askedWrite)) {
+    return {
+      readModes: [askedRead ?? 'buffered'],
+      writeModes: [askedWrite ?? (writeDirect ? 'direct' : 'buffered')],
+      why: 'not measured: the copy is rate-limited, so its I/O mode does not set its speed; O_DIRECT writes, where the file system takes them, keep the page cache small',
+    };
+  }
   const readModes: IoMode[] = askedRead ? [askedRead] : !readDirect ? ['buffered'] : sparse ? ['direct', 'buffered'] : ['buffered', 'direct'];
   const writeModes: IoMode[] = askedWrite ? [askedWrite] : writeDirect ? ['direct', 'buffered'] : ['buffered'];
+  if (readModes.length === 1 && writeModes.length === 1 && !(askedRead && askedWrite)) {
+    return { readModes, writeModes, why: 'not measured: the file system refuses O_DIRECT, so the page cache is the only way' };
+  }
   return { readModes, writeModes };
 }
 

@@ -75,6 +75,12 @@ export const MIN_SLICE_BYTES = 4 << 20;
 export const FIRST_RUN_TRIALS = 16;
 /** A plan must be this much faster to be preferred (noise on a shared disk is about this large). */
 export const SWITCH_MARGIN = 1.1;
+/** The chosen plan runs in measured segments of this many trial lengths (each ends in a drain of the copy). */
+export const SEGMENT_TRIALS = 4;
+/** A run segment this many times slower than its plan's measured rate counts as slow... */
+export const SLOWDOWN_FACTOR = 1.5;
+/** ...and this many slow segments in a row bring the next re-trial forward. */
+export const SLOW_SEGMENTS = 2;
 /** A runner-up this many times slower than the plan in force is not tried again: its gap is the kind a disk does not close. */
 export const HOPELESS_FACTOR = 2;
 
@@ -120,6 +126,8 @@ export class IoPlanChooser {
   /** Which trial window is being run before the first choice. */
   #stage: 'write' | 'read' = 'write';
   #switches = 0;
+  /** Full run segments in a row well under the chosen plan's measured rate. */
+  #slowSegments = 0;
   #runBytes: number;
   /** The next re-trial starts once the chosen plan has covered this offset. */
   #retryAt = Number.POSITIVE_INFINITY;
@@ -149,13 +157,15 @@ export class IoPlanChooser {
       this.#queue.push({ ranges: [[0, warmup]], plan: plans[0]!, trial: false, warmup: true });
       this.#cursor = warmup;
       const read = options.readModes[0]!;
-      if (options.writeModes.length > 1) {
-        this.#deal(options.writeModes.map((write) => ({ read, write })));
-      } else if (!this.#dealReadTrial(this.#plan)) {
+      const dealt = options.writeModes.length > 1 ? this.#deal(options.writeModes.map((write) => ({ read, write }))) : this.#dealReadTrial(this.#plan);
+      if (!dealt) {
         this.#queue = [];
         this.#cursor = 0;
         this.#basis = 'fixed';
-        this.#reason = `not measured: only the read mode is open, and a copy under ${MIN_READ_TRIAL_BYTES >> 30} GiB keeps the preferred one`;
+        this.#reason =
+          options.writeModes.length > 1
+            ? 'not measured: chunks this large leave too few slices for a fair trial'
+            : `not measured: only the read mode is open, and a copy under ${MIN_READ_TRIAL_BYTES >> 30} GiB keeps the preferred one`;
         this.#settled = true;
       }
     }
@@ -186,11 +196,11 @@ export class IoPlanChooser {
       if (runnerUp && this.#deal([this.#plan, runnerUp])) return this.#queue[0];
       this.#retryAt = Number.POSITIVE_INFINITY; // nothing worth trying, or too little left to try it on
     }
-    // The chosen plan runs in segments of one trial length, each measured, so a plan that slows
-    // down as the copy goes on (page-cache writes once the cache is large) is caught.
+    // The chosen plan runs in measured segments, so a plan that slows down as the copy goes on
+    // (page-cache writes once the cache is large) is caught.
     const end =
       this.#basis === 'measured'
-        ? this.#end(this.#cursor, Math.max(this.#o.alignment, Math.min(this.#trialBytes, this.#retryAt - this.#cursor)))
+        ? this.#end(this.#cursor, Math.max(this.#o.alignment, Math.min(SEGMENT_TRIALS * this.#trialBytes, this.#retryAt - this.#cursor)))
         : size;
     const phase: CopyPhase = { ranges: [[this.#cursor, end]], plan: this.#plan, trial: false };
     this.#queue.push(phase);
@@ -205,10 +215,16 @@ export class IoPlanChooser {
     if (!phase.trial) {
       if (phase.warmup) return;
       this.#cursor = Math.max(this.#cursor, phase.ranges.at(-1)![1]);
-      // A full segment of the chosen plan that fell clearly below the runner-up's rate: try the runner-up now.
+      // The chosen plan slowed to well under its own measured rate for SLOW_SEGMENTS full segments
+      // in a row, and the runner-up was faster than that: try the runner-up now, not at the next
+      // re-trial (page-cache writes that slow down as the cache grows). One slow segment is not
+      // enough: segments differ in content (holes read faster than data).
+      if (!this.#settled || bytes < SEGMENT_TRIALS * this.#trialBytes) return;
+      const own = this.#latest.get(keyOf(this.#plan))?.rate ?? 0;
+      this.#slowSegments = rate * SLOWDOWN_FACTOR < own ? this.#slowSegments + 1 : 0;
       const runnerUp = this.#runnerUp();
-      if (this.#settled && bytes >= this.#trialBytes && runnerUp && rate * SWITCH_MARGIN < this.#latest.get(keyOf(runnerUp))!.rate) {
-        this.#latest.set(keyOf(this.#plan), { plan: this.#plan, rate });
+      if (this.#slowSegments >= SLOW_SEGMENTS && runnerUp && rate * SWITCH_MARGIN < this.#latest.get(keyOf(runnerUp))!.rate) {
+        this.#slowSegments = 0;
         this.#retryAt = this.#cursor;
       }
       return;
@@ -222,7 +238,8 @@ export class IoPlanChooser {
 
   /** Deals the window at the cursor to `plans` in slices; false when too little of the image is left for a fair deal. */
   #deal(plans: readonly IoPlan[]): boolean {
-    const slice = alignUp(Math.max(SLICE_CHUNKS * this.#o.alignment, MIN_SLICE_BYTES), this.#o.alignment);
+    // Each plan gets at least two slices, so no plan's share is one stretch of the image.
+    const slice = Math.max(this.#o.alignment, Math.min(alignUp(Math.max(SLICE_CHUNKS * this.#o.alignment, MIN_SLICE_BYTES), this.#o.alignment), alignDown(this.#trialBytes / 2, this.#o.alignment)));
     const windowBytes = plans.length * this.#trialBytes;
     const start = this.#cursor;
     const end = this.#end(start, windowBytes);
@@ -295,6 +312,10 @@ export class IoPlanChooser {
 
 function alignUp(n: number, alignment: number): number {
   return Math.ceil(n / alignment) * alignment;
+}
+
+function alignDown(n: number, alignment: number): number {
+  return Math.floor(n / alignment) * alignment;
 }
 
 function rateText(bytesPerSecond: number): string {

@@ -11,7 +11,7 @@ export const DEFAULT_BUFFER_SIZE = 16 << 20;
 /** Default bytes written between paced flushes of the target (0 turns pacing off). */
 export const DEFAULT_FLUSH_EVERY = 256 << 20;
 /**
- * Bytes each stream of a file-to-file bulk copy walks in order (see {@link streamExtentsFor}).
+ * Bytes each stream of a file-to-file bulk copy walks in order (src/job/BulkCopy.ts).
  * 32 and 128 MiB measured alike, 16 MiB less well; the smaller keeps an interrupt prompt (the
  * streams in flight finish first).
  */
@@ -80,9 +80,4 @@ export function resolveTuning(options: Partial<CopyTuning>): CopyTuning {
 /** Extents per task: enough that every worker has `TASKS_PER_WORKER` tasks when the queue is full. */
 export function batchExtentsFor(queueDepth: number, workers: number): number {
   return Math.max(1, Math.ceil(queueDepth / (workers * TASKS_PER_WORKER)));
-}
-
-/** Extents per stream: a region of {@link STREAM_BYTES}, at least one chunk. */
-export function streamExtentsFor(chunkSize: number): number {
-  return Math.max(1, Math.floor(STREAM_BYTES / chunkSize));
 }

@@ -13,6 +13,7 @@ import { runCli } from '../helpers/cli.js';
 import { startDaemon, type RunningDaemon } from '../helpers/daemon.js';
 import { sparseFile } from '../helpers/files.js';
 import { QmpClient } from '../helpers/qmpClient.js';
+import { within } from '../helpers/within.js';
 
 let dir: string;
 let daemon: RunningDaemon;
@@ -30,7 +31,7 @@ beforeAll(async () => {
     '--qmp-max-pending', '8',
     '--qmp-max-unread', '256K',
   ]);
-  qmp = await within(5000, QmpClient.connect(daemon.qmp), 'the first client');
+  qmp = await within(5000, 'the first client', QmpClient.connect(daemon.qmp));
 });
 
 afterAll(async () => {
@@ -39,20 +40,10 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-/** `p`, or a failure after `ms` (the daemon may be stuck: the test must not wait forever). */
-async function within<T>(ms: number, p: Promise<T>, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms: ${what}`)), ms)));
-  try {
-    return await Promise.race([p, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 /** The daemon still answers a well-behaved client, quickly. */
 async function stillAnswers(client = qmp): Promise<void> {
-  expect(await within(2000, client.execute('query-version'), 'query-version')).toMatchObject({ qemu: { major: 8 } });
+  expect(await within(2000, 'query-version', client.execute('query-version'))).toMatchObject({ qemu: { major: 8 } });
 }
 
 /** Sends raw bytes on a connection of its own and closes it, as `printf '\v' | nc -U SOCKET` does. */
@@ -70,9 +61,9 @@ function sendAndClose(path: string, bytes: string): Promise<string> {
 
 describe('blockmirror daemon: characters that are not JSON whitespace', () => {
   it("survives the issue's reproduction: a lone vertical tab on a connection of its own", { timeout: 10_000 }, async () => {
-    await within(3000, sendAndClose(daemon.qmp, '\v'), 'the connection that sent \\v to close');
+    await within(3000, 'the connection that sent \\v to close', sendAndClose(daemon.qmp, '\v'));
     await stillAnswers();
-    const fresh = await within(3000, QmpClient.connect(daemon.qmp), 'a new client');
+    const fresh = await within(3000, 'a new client', QmpClient.connect(daemon.qmp));
     await stillAnswers(fresh);
     fresh.close();
   });
@@ -94,15 +85,15 @@ describe('blockmirror daemon: characters that are not JSON whitespace', () => {
     qmp.sendRaw(`\v\f{"execute": "query-block-jobs", "id": "raw"}\u00a0`);
     await qmp.nextAnonymous(3000);
     await qmp.nextAnonymous(3000);
-    expect(await within(2000, qmp.execute('query-block-jobs'), 'query-block-jobs')).toEqual([]);
-    expect(await within(2000, qmp.execute('query-named-block-nodes'), 'query-named-block-nodes')).toHaveLength(1);
+    expect(await within(2000, 'query-block-jobs', qmp.execute('query-block-jobs'))).toEqual([]);
+    expect(await within(2000, 'query-named-block-nodes', qmp.execute('query-named-block-nodes'))).toHaveLength(1);
   });
 });
 
 describe('blockmirror daemon: QMP limit options', () => {
   it('--qmp-max-clients: one client too many is told why and closed', { timeout: 10_000 }, async () => {
-    const others = await Promise.all([1, 2, 3].map(() => within(3000, QmpClient.connect(daemon.qmp), 'a client')));
-    const refused = await within(3000, sendAndClose(daemon.qmp, ''), 'the refused client to be closed');
+    const others = await Promise.all([1, 2, 3].map(() => within(3000, 'a client', QmpClient.connect(daemon.qmp))));
+    const refused = await within(3000, 'the refused client to be closed', sendAndClose(daemon.qmp, ''));
     expect(JSON.parse(refused)).toEqual({ error: { class: 'GenericError', desc: 'Too many QMP clients: this monitor serves at most 4 at once' } });
     for (const o of others) o.close();
     await stillAnswers();
@@ -110,13 +101,13 @@ describe('blockmirror daemon: QMP limit options', () => {
 
   it('--qmp-negotiation-timeout: a client that never negotiates is told why and closed', { timeout: 10_000 }, async () => {
     const started = Date.now();
-    const got = await within(5000, new Promise<string>((resolve) => {
+    const got = await within(5000, 'the idle client to be closed', new Promise<string>((resolve) => {
       const s = connect({ path: daemon.qmp });
       let text = '';
       s.setEncoding('utf8');
       s.on('data', (d: string) => (text += d));
       s.on('close', () => resolve(text));
-    }), 'the idle client to be closed');
+    }));
     expect(Date.now() - started).toBeGreaterThanOrEqual(900);
     const [greeting, error] = got.trim().split('\r\n').map((l) => JSON.parse(l) as Record<string, unknown>);
     expect(greeting).toHaveProperty('QMP');
@@ -134,6 +125,6 @@ describe('blockmirror daemon: QMP limit options', () => {
     qmp.sendRaw('\v\f\u00a0\u2028');
     await qmp.nextAnonymous(3000);
     daemon.child.kill('SIGTERM');
-    expect(await within(10_000, daemon.exited, 'the daemon to exit on SIGTERM')).toBe(0);
+    expect(await within(10_000, 'the daemon to exit on SIGTERM', daemon.exited)).toBe(0);
   });
 });

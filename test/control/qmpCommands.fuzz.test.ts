@@ -14,7 +14,8 @@
  */
 import fc from 'fast-check';
 import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { residentBytes, within } from '../helpers/within.js';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -47,7 +48,7 @@ beforeAll(async () => {
     '--qmp', at('qmp.sock'),
   ]);
   qmp = await QmpClient.connect(daemon.qmp);
-  startRss = await rss();
+  startRss = await residentBytes(daemon.child.pid!);
 });
 
 afterAll(async () => {
@@ -56,20 +57,7 @@ afterAll(async () => {
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
-async function rss(): Promise<number> {
-  const status = await readFile(`/proc/${daemon.child.pid}/status`, 'utf8');
-  return Number(/^VmRSS:\s+(\d+) kB/m.exec(status)![1]) * 1024;
-}
 
-async function within<T>(ms: number, p: Promise<T>, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms: ${what}`)), ms)));
-  try {
-    return await Promise.race([p, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 /** Valid argument sets of each command, over the daemon's nodes and what a case's set-up makes (job j, bitmap bm, export e1). */
 function validArgs(): Record<string, ReadonlyArray<Record<string, unknown> | undefined>> {
@@ -268,14 +256,14 @@ async function send(name: string, args: unknown): Promise<Record<string, unknown
   if (args !== undefined) request.arguments = args;
   const text = JSON.stringify(request);
   qmp.sendRaw(`${text}\n`);
-  const reply = await within(10_000, (async () => {
+  const reply = await within(10_000, text.slice(0, 300), (async () => {
     for (;;) {
       const m = await qmp.nextAnonymous(10_000);
       // No id: the text itself was refused (too long, or a string QEMU's parser refuses).
       if (m.id === id || !('id' in m)) return m;
       throw new Error(`reply out of order: ${JSON.stringify(m).slice(0, 300)} for ${text.slice(0, 300)}`);
     }
-  })(), `${text.slice(0, 300)}`);
+  })());
   return reply;
 }
 
@@ -366,7 +354,7 @@ describe('QMP command arguments fuzz, through a real daemon', () => {
             const args = confine(c.args);
             assertReply(await send(c.name, args), `${c.name} ${JSON.stringify(args)?.slice(0, 300)}`);
           }
-          expect(await within(5000, qmp.execute('query-version'), 'query-version')).toMatchObject({ qemu: { major: 8 } });
+          expect(await within(5000, 'query-version', qmp.execute('query-version'))).toMatchObject({ qemu: { major: 8 } });
         } finally {
           await restore();
         }
@@ -374,6 +362,6 @@ describe('QMP command arguments fuzz, through a real daemon', () => {
       }),
       fuzzParams(2),
     );
-    expect(await rss()).toBeLessThan(startRss + 256 * MiB);
+    expect(await residentBytes(daemon.child.pid!)).toBeLessThan(startRss + 256 * MiB);
   });
 });

@@ -6,7 +6,7 @@
  * sent on the fuzzed connection is a JSON object of QMP's shapes (greeting, return, error, event).
  */
 import fc from 'fast-check';
-import { readFile, mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -15,6 +15,7 @@ import { startDaemon, type RunningDaemon } from '../helpers/daemon.js';
 import { sparseFile } from '../helpers/files.js';
 import { fuzzParams, peerBytes } from '../helpers/fuzz.js';
 import { QmpClient } from '../helpers/qmpClient.js';
+import { residentBytes, within } from '../helpers/within.js';
 
 const MiB = 1 << 20;
 let dir: string;
@@ -34,7 +35,7 @@ beforeAll(async () => {
     '--qmp', join(dir, 'qmp.sock'),
   ]);
   await wellBehaved();
-  rssBound = (await rss()) + RSS_HEADROOM;
+  rssBound = (await residentBytes(daemon.child.pid!)) + RSS_HEADROOM;
 });
 
 afterAll(async () => {
@@ -42,28 +43,14 @@ afterAll(async () => {
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
-/** The daemon's resident set size, in bytes (VmRSS in /proc/PID/status). */
-async function rss(): Promise<number> {
-  const status = await readFile(`/proc/${daemon.child.pid}/status`, 'utf8');
-  return Number(/^VmRSS:\s+(\d+) kB/m.exec(status)![1]) * 1024;
-}
 
-async function within<T>(ms: number, p: Promise<T>, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms: ${what}`)), ms)));
-  try {
-    return await Promise.race([p, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 /** A new client negotiates and gets its queries answered. */
 async function wellBehaved(): Promise<void> {
-  const client = await within(5000, QmpClient.connect(daemon.qmp), 'a new client to negotiate');
+  const client = await within(5000, 'a new client to negotiate', QmpClient.connect(daemon.qmp));
   try {
-    expect(await within(5000, client.execute('query-version'), 'query-version')).toMatchObject({ qemu: { major: 8 } });
-    expect(await within(5000, client.execute('query-block-jobs'), 'query-block-jobs')).toEqual([]);
+    expect(await within(5000, 'query-version', client.execute('query-version'))).toMatchObject({ qemu: { major: 8 } });
+    expect(await within(5000, 'query-block-jobs', client.execute('query-block-jobs'))).toEqual([]);
   } finally {
     client.close();
   }
@@ -83,7 +70,7 @@ async function fuzzConnection(bytes: Uint8Array, quietMs = 15): Promise<string[]
     text += d;
     last = Date.now();
   });
-  await within(5000, new Promise<void>((resolve) => socket.once('data', () => resolve())), 'the greeting');
+  await within(5000, 'the greeting', new Promise<void>((resolve) => socket.once('data', () => resolve())));
   socket.write(bytes);
   const started = Date.now();
   while (Date.now() - last < quietMs && Date.now() - started < 2000) await new Promise((r) => setTimeout(r, 5));
@@ -117,7 +104,7 @@ function assertQmpShapes(lines: readonly string[]): void {
 
 async function afterCase(): Promise<void> {
   await wellBehaved();
-  expect(await rss()).toBeLessThan(rssBound);
+  expect(await residentBytes(daemon.child.pid!)).toBeLessThan(rssBound);
   expect(daemon.child.exitCode).toBeNull();
 }
 

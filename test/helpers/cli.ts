@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { resolve } from 'node:path';
 import { afterEach, expect } from 'vitest';
 import { has } from './peers.js';
@@ -22,9 +22,15 @@ const isRoot = process.getuid?.() === 0;
  * checkout that other users cannot enter (a clone under /root, say).
  */
 export function permissionsUnenforceable(): string | undefined {
-  if (!isRoot || has('setpriv')) return undefined;
-  return 'running as root without setpriv (util-linux), so file permissions cannot be enforced';
+  if (!isRoot) return undefined;
+  if (!has('setpriv')) return 'running as root without setpriv (util-linux), so file permissions cannot be enforced';
+  dropWorks ??= spawnSync('setpriv', [...DROP_DAC, 'true']).status === 0;
+  return dropWorks ? undefined : 'running as root where setpriv may not drop capabilities (no CAP_SETPCAP), so file permissions cannot be enforced';
 }
+
+/** setpriv arguments that take away root's power to read and write any file (from the inheritable set too, which some container runtimes fill). */
+const DROP_DAC = ['--inh-caps', '-dac_override,-dac_read_search', '--bounding-set', '-dac_override,-dac_read_search', '--'];
+let dropWorks: boolean | undefined;
 
 /** Options of {@link runCli}. */
 export interface RunCliOptions extends SpawnOptions {
@@ -38,7 +44,7 @@ export interface RunCliOptions extends SpawnOptions {
 export function runCli(args: readonly string[], options: RunCliOptions = {}): Promise<CliRun> {
   const [cmd, argv] =
     options.enforcePermissions && isRoot
-      ? ['setpriv', ['--bounding-set', '-dac_override,-dac_read_search', '--', process.execPath, CLI, ...args]]
+      ? ['setpriv', [...DROP_DAC, process.execPath, CLI, ...args]]
       : [process.execPath, [CLI, ...args]];
   return new Promise((done, fail) => {
     const child = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'], ...options });

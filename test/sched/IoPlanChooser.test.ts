@@ -114,7 +114,8 @@ describe('IoPlanChooser', () => {
     expect(chooser.choice.switches).toBe(1);
     expect(chooser.choice.plan.write).toBe('direct');
     const switchedAt = phases.find((p, i) => i > 2 && !p.trial && p.plan.write === 'direct')!.ranges[0]![0];
-    expect(switchedAt).toBeLessThan(3 * GiB);
+    // Before the periodic re-trial, which comes FIRST_RUN_TRIALS trial lengths after the first window.
+    expect(switchedAt).toBeLessThan((2 + FIRST_RUN_TRIALS) * chooser.trialBytes);
   });
 
   it('waits twice as long before each new re-trial of a runner-up that keeps losing', () => {
