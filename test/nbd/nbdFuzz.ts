@@ -53,16 +53,7 @@ export class HeapWatch {
   }
 }
 
-/** Rejects when `p` has not settled within `ms`: a hang is a failure, never a stuck test. */
-export async function within<T>(ms: number, what: string, p: Promise<T>): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`${what}: not settled within ${ms} ms`)), ms)));
-  try {
-    return await Promise.race([p, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
+export { within } from '../helpers/within.js';
 
 /** How a raw exchange ended. */
 export interface ExchangeResult {
