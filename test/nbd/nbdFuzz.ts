@@ -11,6 +11,9 @@ import { BlockmirrorError, ErrorCode } from '../../src/errors.js';
 import { NbdDevice } from '../../src/io/nbd/NbdDevice.js';
 import type { NbdServer } from '../../src/io/nbd/NbdServer.js';
 import { has, run } from '../helpers/peers.js';
+import { within } from '../helpers/within.js';
+
+export { within };
 
 setFlagsFromString('--expose-gc');
 /** A full collection, so heap samples measure what is held rather than what is not yet collected. */
@@ -53,7 +56,6 @@ export class HeapWatch {
   }
 }
 
-export { within } from '../helpers/within.js';
 
 /** How a raw exchange ended. */
 export interface ExchangeResult {
