@@ -128,6 +128,7 @@ export async function copyImage(first: string | CopyImageOptions, second?: strin
       detectZeroes: options.detectZeroes ?? true,
       targetIsZero: created || options.targetIsZero === true,
       streams,
+      sparseSource: modes.sparse,
       started,
     });
     await run.run(options);

@@ -9,6 +9,8 @@ export interface IoModeCandidates {
   readonly writeModes: readonly IoMode[];
   /** Why the plan is fixed without measuring (set only when that is not because it was asked for). */
   readonly why?: string;
+  /** The source is a file with less than half of it allocated: mostly holes. */
+  readonly sparse?: boolean;
 }
 
 /** A source with less than this share of its size allocated is read with O_DIRECT first: its holes read fast that way and fill no cache. */
@@ -46,6 +48,7 @@ export async function ioModeCandidates(
   ]);
   if (limited && !(askedRead && askedWrite)) {
     return {
+      sparse,
       readModes: [askedRead ?? 'buffered'],
       writeModes: [askedWrite ?? (writeDirect ? 'direct' : 'buffered')],
       why: 'not measured: the copy is rate-limited, so its I/O mode does not set its speed; O_DIRECT writes, where the file system takes them, keep the page cache small',
@@ -54,9 +57,9 @@ export async function ioModeCandidates(
   const readModes: IoMode[] = askedRead ? [askedRead] : !readDirect ? ['buffered'] : sparse ? ['direct', 'buffered'] : ['buffered', 'direct'];
   const writeModes: IoMode[] = askedWrite ? [askedWrite] : writeDirect ? ['direct', 'buffered'] : ['buffered'];
   if (readModes.length === 1 && writeModes.length === 1 && !(askedRead && askedWrite)) {
-    return { readModes, writeModes, why: 'not measured: the file system refuses O_DIRECT, so the page cache is the only way' };
+    return { readModes, writeModes, sparse, why: 'not measured: the file system refuses O_DIRECT, so the page cache is the only way' };
   }
-  return { readModes, writeModes };
+  return { readModes, writeModes, sparse };
 }
 
 async function isSparse(path: string): Promise<boolean> {
