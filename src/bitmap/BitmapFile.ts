@@ -9,7 +9,7 @@ import { DirtyBitmap } from './DirtyBitmap.js';
 
 /**
  * The persistent bitmap file (docs/bitmap-format.md): a 64-byte little-endian header, then the
- * bits as little-endian 32-bit words. Everything here errs on the side of dirty (DESIGN.md
+ * bits as little-endian 32-bit words. Everything here errs on the side of dirty (docs/architecture.md,
  * invariant 5): a file that may not match the bitmap it came from loads as all dirty.
  */
 

@@ -12,7 +12,7 @@ import type { DirtyBitmap } from './DirtyBitmap.js';
  * - {@link Succession.commit} is QEMU's *abdicate*: the job succeeded, the frozen bits are dropped
  *   and the successor alone carries on.
  * - {@link Succession.abort} is QEMU's *reclaim*: the job failed, the frozen bits are merged (OR)
- *   back into the successor, so nothing is lost (DESIGN.md invariant 5).
+ *   back into the successor, so nothing is lost (invariant 5 of docs/architecture.md).
  *
  * The frozen bitmap is read-only; a job that wants to drain it copies it first:
  * `const work = DirtyBitmap.create(size, granularity); work.merge(succession.frozen)`.

@@ -230,7 +230,7 @@ export class DirtyBitmap {
     // Already set: skip the locked RMW. A plain read is enough here, and Atomics.load is a call
     // that costs as much as the RMW on Node 20. A stale "set" cannot be read: the caller's write
     // to the image completed (through libuv's locks) after any clear that a copier ordered before
-    // its read of that range, so this read sees that clear (DESIGN.md invariant 1).
+    // its read of that range, so this read sees that clear (invariant 1 of docs/architecture.md).
     if ((a[i]! & mask) === mask) return 0;
     const old = Atomics.or(a, i, mask);
     // Only the 0 → non-zero transition raises the summary: whoever made it raises it.
@@ -280,7 +280,7 @@ export class DirtyBitmap {
    * Clears bits `firstBit .. firstBit+count-1` atomically and returns which of them were set:
    * bit i of the result (word i>>>5, bit i&31) is bit `firstBit + i`. A mark racing with it is
    * either in the result or still set afterwards, never lost. The copier calls this *before* it
-   * reads the source (DESIGN.md invariant 2) and marks the bits again if the copy fails.
+   * reads the source (invariant 2 of docs/architecture.md) and marks the bits again if the copy fails.
    *
    * `into`, if given, receives the result instead of a new array (a hot loop then allocates
    * nothing): it needs at least `ceil(count / 32)` words, and those are zeroed first.

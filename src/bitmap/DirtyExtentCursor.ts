@@ -8,7 +8,7 @@ import { firstSetIn, lastSetIn } from './wordOps.js';
  *
  * Each {@link take} goes on from where the last one stopped, to the end of the image and then
  * round from bit 0 (like QEMU's mirror), so writes that keep landing near the start cannot starve
- * the rest. It clears each extent's bits before handing the extent out (DESIGN.md invariant 2):
+ * the rest. It clears each extent's bits before handing the extent out (invariant 2 of docs/architecture.md):
  * a write that lands after that marks the bits again and the extent is copied again. The caller
  * marks an extent again if its copy fails.
  */

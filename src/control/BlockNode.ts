@@ -162,7 +162,7 @@ export class BlockNode implements NodeIo {
       try {
         await op.direct(this.#below());
       } finally {
-        // After the write, as the job's interceptor does (DESIGN.md invariant 1); a failed write may
+        // After the write, as the job's interceptor does (invariant 1 of docs/architecture.md); a failed write may
         // have changed part of the range, so it marks too. The child marked its own bitmaps.
         this.markOwn(offset, length);
       }

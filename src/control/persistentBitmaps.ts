@@ -14,7 +14,7 @@ import { QmpError } from './qmp/QmpError.js';
  * nbd) hold persistent bitmaps; an nbd node needs --bitmap-dir.
  *
  * While the daemon runs, every persistent bitmap's file is flagged in use: after a crash it loads
- * all dirty and inconsistent (DESIGN.md invariant 5). A clean save clears the flag when the
+ * all dirty and inconsistent (invariant 5 of docs/architecture.md). A clean save clears the flag when the
  * daemon stops or the node is deleted.
  */
 export class BitmapStore {

@@ -7,7 +7,7 @@ interface Hold {
 
 /**
  * Keeps overlapping operations apart. A write-blocking write waits for overlapping copies and
- * writes in flight (DESIGN.md invariant 3). A copy is not started over a range that a write holds
+ * writes in flight (invariant 3 of docs/architecture.md). A copy is not started over a range that a write holds
  * or waits for, nor over one another copy holds: two copies of one extent in flight could land
  * out of order, the older read last, and leave stale data with no dirty bit to fix it (QEMU's
  * mirror waits on such conflicts too). The caller puts a refused extent back as dirty.

@@ -51,7 +51,7 @@ export interface MirrorOptions {
   /** With `sync: 'bitmap'`: the dirty bitmap to start from, or a persistent bitmap file. */
   readonly bitmap?: DirtyBitmap | string;
   readonly copyMode?: CopyMode;
-  /** Bytes per dirty bit (power of two, 512 B to 64 MiB; default 64 KiB). */
+  /** Bytes per dirty bit (power of two, 512 B to 64 MiB; default 4 KiB, coarser past 2^27 bits). */
   readonly granularity?: number;
   /** Bytes in flight at most (default 16 MiB). */
   readonly bufferSize?: number;

@@ -1,6 +1,6 @@
 /**
  * Where the scheduler gets its work. A bulk copy walks the image once; a mirror job drains its
- * dirty bitmap (clearing bits as it claims them: DESIGN.md invariant 2).
+ * dirty bitmap (clearing bits as it claims them: invariant 2 of docs/architecture.md).
  */
 export interface ExtentSource {
   /**
