@@ -111,7 +111,7 @@ export async function copyImage(first: string | CopyImageOptions, second?: strin
     const streams = tuning.speed === 0 && files;
     const tasksPerWorker = streams ? Math.ceil(tuning.queueDepth / tuning.workers) : TASKS_PER_WORKER;
     // Only two files are copied by the worker pool; an NBD export keeps the copy on this thread.
-    const modes = await ioModeCandidates(sourceSpec, targetSpec, options, { pooled: files, limited: tuning.speed > 0 });
+    const modes = await ioModeCandidates(sourceSpec, targetSpec, options, { pooled: files, limited: tuning.speed > 0, size: src.size });
     const { runner, plan } = createCopyRunner(src, dst, sourceSpec, { workers: tuning.workers, tasksPerWorker });
     const runTuning = plan.inline ? { ...tuning, workers: 1 } : tuning;
     const chunkSize = Math.min(tuning.chunkSize, dst.maxRequest, src.maxRequest);
@@ -142,7 +142,7 @@ export async function copyImage(first: string | CopyImageOptions, second?: strin
       pacedFlushes: run.pacedFlushes,
       tuning: runTuning,
       note: plan.note,
-      io: modes.why ? { ...io, basis: 'fixed', reason: modes.why } : io,
+      io: modes.why ? { ...io, basis: 'fixed', reason: modes.why } : modes.note ? { ...io, reason: `${io.reason}; ${modes.note}` } : io,
     };
   } finally {
     await Promise.all([src.close(), dst?.close()]);

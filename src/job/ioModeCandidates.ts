@@ -1,4 +1,5 @@
 import { constants, open, stat } from 'node:fs/promises';
+import { totalmem } from 'node:os';
 import type { DeviceSpec } from '../io/BlockDevice.js';
 import type { IoMode } from '../sched/IoPlanChooser.js';
 import type { CopyOptions } from './copyImage.js';
@@ -11,7 +12,17 @@ export interface IoModeCandidates {
   readonly why?: string;
   /** The source is a file with less than half of it allocated: mostly holes. */
   readonly sparse?: boolean;
+  /** Why some modes were left out (added to the choice's reason). */
+  readonly note?: string;
 }
+
+/**
+ * An image larger than this share of memory is not written through the page cache, and one
+ * larger than {@link LARGE_READ_SHARE} not read through it: its pages would push the host's other
+ * pages out (nbdcopy drops what it copied from the cache; fs/promises cannot, so O_DIRECT it is).
+ */
+export const LARGE_WRITE_SHARE = 0.25;
+export const LARGE_READ_SHARE = 0.5;
 
 /** A source with less than this share of its size allocated is read with O_DIRECT first: its holes read fast that way and fill no cache. */
 const SPARSE_ALLOCATED_SHARE = 0.5;
@@ -34,7 +45,7 @@ export async function ioModeCandidates(
   source: DeviceSpec,
   target: DeviceSpec,
   options: CopyOptions,
-  { pooled, limited }: { pooled: boolean; limited: boolean },
+  { pooled, limited, size, memoryBytes = totalmem() }: { pooled: boolean; limited: boolean; size: number; memoryBytes?: number },
 ): Promise<IoModeCandidates> {
   const askedRead = askedMode(options, 'readMode');
   const askedWrite = askedMode(options, 'writeMode');
@@ -54,12 +65,26 @@ export async function ioModeCandidates(
       why: 'not measured: the copy is rate-limited, so its I/O mode does not set its speed; O_DIRECT writes, where the file system takes them, keep the page cache small',
     };
   }
-  const readModes: IoMode[] = askedRead ? [askedRead] : !readDirect ? ['buffered'] : sparse ? ['direct', 'buffered'] : ['buffered', 'direct'];
-  const writeModes: IoMode[] = askedWrite ? [askedWrite] : writeDirect ? ['direct', 'buffered'] : ['buffered'];
+  const bigRead = size > LARGE_READ_SHARE * memoryBytes;
+  const bigWrite = size > LARGE_WRITE_SHARE * memoryBytes;
+  const readModes: IoMode[] = askedRead
+    ? [askedRead]
+    : !readDirect
+      ? ['buffered']
+      : bigRead
+        ? ['direct']
+        : sparse
+          ? ['direct', 'buffered']
+          : ['buffered', 'direct'];
+  const writeModes: IoMode[] = askedWrite ? [askedWrite] : !writeDirect ? ['buffered'] : bigWrite ? ['direct'] : ['direct', 'buffered'];
+  const left = [!askedWrite && writeDirect && bigWrite ? 'writes' : '', !askedRead && readDirect && bigRead ? 'reads' : ''].filter(Boolean);
+  const note = left.length
+    ? `page-cache ${left.join(' and ')} not tried: the image is larger than ${left.includes('reads') ? 'half' : 'a quarter'} of memory, and its pages would push the host's other pages out`
+    : undefined;
   if (readModes.length === 1 && writeModes.length === 1 && !(askedRead && askedWrite)) {
-    return { readModes, writeModes, sparse, why: 'not measured: the file system refuses O_DIRECT, so the page cache is the only way' };
+    return { readModes, writeModes, sparse, why: note ? `not measured: ${note}` : 'not measured: the file system refuses O_DIRECT, so the page cache is the only way' };
   }
-  return { readModes, writeModes, sparse };
+  return { readModes, writeModes, sparse, ...(note ? { note } : {}) };
 }
 
 async function isSparse(path: string): Promise<boolean> {

@@ -1,4 +1,4 @@
-import { mkdtemp, rm } from 'node:fs/promises';
+import { constants, mkdtemp, open, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach } from 'vitest';
@@ -17,4 +17,21 @@ export function useScratchDir(): () => Promise<string> {
     made.push(dir);
     return dir;
   };
+}
+
+/**
+ * Why O_DIRECT cannot be tested where scratch directories are made (tmpfs refuses it), or
+ * undefined when it can. For `it.skipIf(...)`, so a skipped test says why.
+ */
+export async function directIoUnavailable(): Promise<string | undefined> {
+  const dir = await mkdtemp(join(process.env.BLOCKMIRROR_TEST_DIR ?? tmpdir(), 'bm-probe-'));
+  try {
+    const handle = await open(join(dir, 'probe'), constants.O_RDWR | constants.O_CREAT | constants.O_DIRECT, 0o600);
+    await handle.close();
+    return undefined;
+  } catch (err) {
+    return `the file system of ${dir} refuses O_DIRECT (${(err as NodeJS.ErrnoException).code ?? String(err)})`;
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 }
