@@ -11,6 +11,14 @@ export type { CopyImageOptions, CopyOptions, CopyProgress, CopyResult, IoModeOpt
 /** How a bulk copy chose to read and write: {@link CopyResult.io}. */
 export type { IoMode, IoPlan, IoPlanChoice, PlanTrial } from './sched/IoPlanChooser.js';
 
+/**
+ * Online verify of two images, as DRBD's: {@link verifyImages} compares them chunk by chunk on the
+ * worker pool and returns every differing extent and a dirty bitmap of them, which a mirror can
+ * repair (save it with {@link saveBitmap}).
+ */
+export { verifyImages } from './job/verifyImages.js';
+export type { VerifyExtent, VerifyImagesOptions, VerifyProgress, VerifyResult } from './job/verifyImages.js';
+
 /** Live mirror: {@link startMirror} returns a {@link MirrorJob}; `job.device` is the write interceptor. */
 export { startMirror, DEFAULT_BUFFER_SIZE } from './job/startMirror.js';
 export type { MirrorOptions, SyncMode } from './job/startMirror.js';

@@ -9,6 +9,8 @@ export const ExitCode = {
   USAGE: 1,
   /** The work failed: a source or target that cannot be used, an I/O error, a failed job. */
   FAILED: 2,
+  /** `verify`: the images differ (diff and cmp say 1, which is taken here by usage errors). */
+  DIFFER: 3,
   /** Interrupted (Ctrl-C, SIGTERM) and stopped cleanly. */
   INTERRUPTED: 130,
 } as const;

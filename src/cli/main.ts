@@ -15,6 +15,7 @@ const COMMANDS: Record<string, () => Promise<Register>> = {
   demo: async () => (await import('./demoCommand.js')).registerDemoCommand,
   serve: async () => (await import('./serveCommand.js')).registerServeCommand,
   bitmap: async () => (await import('./bitmapCommand.js')).registerBitmapCommand,
+  verify: async () => (await import('./verifyCommand.js')).registerVerifyCommand,
   daemon: async () => (await import('./daemonCommand.js')).registerDaemonCommand,
 };
 

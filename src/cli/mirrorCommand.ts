@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
-import { ErrorCode } from '../errors.js';
+import { ErrorCode, InvalidArgumentError } from '../errors.js';
+import { readBitmapHeader } from '../bitmap/BitmapFile.js';
 import type { BlockDevice } from '../io/BlockDevice.js';
 import { serveNbd, type NbdServer } from '../io/nbd/NbdServer.js';
 import { parseNbdUri } from '../io/nbd/NbdUri.js';
@@ -21,7 +22,8 @@ import { ProgressBar } from './ProgressBar.js';
 interface MirrorCommandOptions extends CopyTuningOptions {
   export?: string;
   completeOnReady: boolean;
-  sync: 'full' | 'none';
+  sync: 'full' | 'none' | 'bitmap';
+  bitmap?: string;
   copyMode: CopyMode;
   granularity?: number;
   bufferSize: number;
@@ -50,7 +52,15 @@ export function registerMirrorCommand(program: Command): void {
         'or nbd://127.0.0.1:PORT/NAME (no host: 127.0.0.1; port 0: any free port)',
     )
     .option('--complete-on-ready', 'complete (switch over to the target) as soon as it is in sync, then exit', false)
-    .addOption(choiceOption('--sync <mode>', 'full: copy everything; none: only what is written from now on', ['full', 'none'], 'full'))
+    .addOption(
+      choiceOption(
+        '--sync <mode>',
+        'full: copy everything; none: only what is written from now on; bitmap: what --bitmap marks, and what is written from now on',
+        ['full', 'none', 'bitmap'],
+        'full',
+      ),
+    )
+    .option('--bitmap <file>', 'with --sync bitmap: a persistent dirty bitmap to start from (from blockmirror verify --bitmap, say); its granularity is the job\'s')
     .addOption(
       choiceOption(
         '--copy-mode <mode>',
@@ -253,6 +263,11 @@ function exitCodeOf(outcome: JobOutcome): ExitCodeValue {
 async function runMirror(source: string, target: string, opts: MirrorCommandOptions): Promise<ExitCodeValue> {
   // A malformed export URI is a usage error, found before anything is opened or created.
   if (opts.export !== undefined) parseNbdUri(opts.export, { forListening: true });
+  if ((opts.sync === 'bitmap') !== (opts.bitmap !== undefined)) {
+    throw new InvalidArgumentError(ErrorCode.INVALID_OPTION, '--sync bitmap and --bitmap FILE go together');
+  }
+  // The job tracks at the bitmap's granularity unless told otherwise (a bitmap of another one is refused).
+  const granularity = opts.granularity ?? (opts.bitmap !== undefined ? (await readBitmapHeader(opts.bitmap)).granularity : undefined);
   const report = new MirrorReport(opts);
   const run = new MirrorRun(report, opts.completeOnReady);
   const onSignal = (signal: MirrorSignal): void => run.onSignal(signal);
@@ -260,8 +275,9 @@ async function runMirror(source: string, target: string, opts: MirrorCommandOpti
   try {
     const tuning = {
       sync: opts.sync,
+      ...(opts.bitmap !== undefined ? { bitmap: opts.bitmap } : {}),
       copyMode: opts.copyMode,
-      granularity: opts.granularity,
+      granularity,
       bufferSize: opts.bufferSize,
       chunkSize: opts.chunkSize,
       workers: opts.workers,

@@ -3,26 +3,13 @@
  * open devices and reusable buffers, and copies the extents of a task concurrently
  * ({@link ExtentCopier}).
  */
-import type { BlockDevice, DeviceSpec } from '../io/BlockDevice.js';
-import { openDevice } from '../io/openDevice.js';
+import type { BlockDevice } from '../io/BlockDevice.js';
 import type { CopyTask, CopyTaskResult } from './CopyTask.js';
 import { ExtentCopier } from './ExtentCopier.js';
+import { deviceFor } from './workerDevices.js';
 
-/** Devices this thread has open, by spec. Opened once, kept for the life of the worker. */
-const devices = new Map<string, Promise<BlockDevice>>();
 /** One copier per (source, target) pair: its buffers are aligned for whichever of the two needs it. */
 const copiers = new Map<string, ExtentCopier>();
-
-function deviceFor(spec: DeviceSpec): Promise<BlockDevice> {
-  const key = JSON.stringify(spec);
-  let dev = devices.get(key);
-  if (!dev) {
-    dev = openDevice(spec);
-    dev.catch(() => devices.delete(key)); // let a later task try again
-    devices.set(key, dev);
-  }
-  return dev;
-}
 
 function copierFor(task: CopyTask, source: BlockDevice, target: BlockDevice): ExtentCopier {
   const key = JSON.stringify([task.source, task.target]);

@@ -2,7 +2,8 @@ import type { BlockDevice, DeviceSpec } from '../io/BlockDevice.js';
 import { planConnections, type ConnectionPlan } from '../job/connectionPlan.js';
 import type { TaskRunner } from '../sched/CopyScheduler.js';
 import { TASKS_PER_WORKER } from '../sched/tuning.js';
-import { CopyPool } from './CopyPool.js';
+import type { CopyTask, CopyTaskResult } from './CopyTask.js';
+import { WorkerPool } from './WorkerPool.js';
 import { InlineCopyRunner } from './InlineCopyRunner.js';
 
 /** Runs copy tasks and is closed when the copy ends. */
@@ -24,6 +25,6 @@ export function createCopyRunner(
   const plan: ConnectionPlan = workers === 0 ? { inline: true, note: 'copied by the coordinator thread (no worker threads asked for)' } : planConnections(source, target);
   const runner = plan.inline
     ? new InlineCopyRunner(source, target, sourceSpec.kind === 'file' && sourceSpec.direct === true)
-    : new CopyPool({ workers, tasksPerWorker });
+    : new WorkerPool<CopyTask, CopyTaskResult>('workers/copyWorker.js', { workers, tasksPerWorker });
   return { runner, plan };
 }

@@ -34,7 +34,7 @@ import { MemoryDevice } from '../helpers/MemoryDevice.js';
 import { RawNbdClient, type TransmissionReply } from '../helpers/RawNbdClient.js';
 import { useScratchDir } from '../helpers/scratch.js';
 import { GatedDevice } from './GatedDevice.js';
-import { heldBytes, sessionsEnd, stillServes } from './nbdFuzz.js';
+import { sessionsEnd, stillServes } from './nbdFuzz.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -256,12 +256,13 @@ describe('NBD server limits', () => {
     const c = await raw(socket);
     await c.open('disk', true);
     const piece = Buffer.alloc(1 * MiB, 0xee);
-    const before = heldBytes();
     c.request(NBD_CMD_WRITE, 0, 16 * MiB, { cookie: 1 });
     let growth = 0;
     for (let i = 0; i < 16; i++) {
       await new Promise<void>((resolve) => c.socket.write(piece, () => resolve()));
-      if (i === 12) growth = heldBytes() - before;
+      // What the server holds by its own count: the process's memory also counts this client's
+      // buffers and the collector's timing, so it is too noisy a measure under a full test run.
+      if (i === 12) growth = server!.bufferedBytes;
     }
     // Over the advertised maximum (64 KiB) but under 32 MiB: the stream can be kept in step, so it is, and nothing is held.
     expect(growth).toBeLessThan(4 * MiB);

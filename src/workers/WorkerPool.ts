@@ -1,9 +1,8 @@
 import { Piscina } from 'piscina';
 import { builtModulePath } from '../util/builtModule.js';
-import type { CopyTask, CopyTaskResult } from './CopyTask.js';
 
-/** How the copy pool is sized. */
-export interface CopyPoolOptions {
+/** How a pool is sized. */
+export interface WorkerPoolOptions {
   /** Worker threads. */
   readonly workers: number;
   /** Tasks one worker runs at once: more than one keeps a worker busy while a task's tail drains. */
@@ -11,15 +10,17 @@ export interface CopyPoolOptions {
 }
 
 /**
- * The coordinator's side of the piscina pool of copy workers. A fixed number of threads, started
- * at once, so the first batches do not wait for a thread to boot.
+ * The coordinator's side of a piscina pool of workers that run `module` (a built worker module:
+ * workers/copyWorker.js copies, workers/verifyWorker.js compares). A fixed number of threads,
+ * started at once, so the first batches do not wait for a thread to boot; each keeps its own
+ * open devices between tasks.
  */
-export class CopyPool {
-  readonly #pool: Piscina<CopyTask, CopyTaskResult>;
+export class WorkerPool<Task, Result> {
+  readonly #pool: Piscina<Task, Result>;
 
-  constructor(options: CopyPoolOptions) {
+  constructor(module: string, options: WorkerPoolOptions) {
     this.#pool = new Piscina({
-      filename: builtModulePath('workers/copyWorker.js'),
+      filename: builtModulePath(module),
       minThreads: options.workers,
       maxThreads: options.workers,
       concurrentTasksPerWorker: options.tasksPerWorker,
@@ -35,8 +36,8 @@ export class CopyPool {
     });
   }
 
-  /** Copies a batch of extents on some worker. Rejects only if the worker itself fails. */
-  run(task: CopyTask): Promise<CopyTaskResult> {
+  /** Runs a task on some worker. Rejects only if the worker itself fails. */
+  run(task: Task): Promise<Result> {
     return this.#pool.run(task);
   }
 
