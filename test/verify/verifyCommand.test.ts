@@ -1,11 +1,10 @@
-import { copyFile, open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { loadBitmap } from '../../src/bitmap/BitmapFile.js';
-import { makeSampleImage } from '../../src/util/imageTools.js';
 import { events, runCli } from '../helpers/cli.js';
 import { writeRandomFile } from '../helpers/files.js';
 import { useScratchDir } from '../helpers/scratch.js';
+import { imagePair } from './imagePair.js';
 
 const KiB = 1024;
 const MiB = 1 << 20;
@@ -14,20 +13,7 @@ const scratch = useScratchDir();
 
 /** A source (random data with holes) and a copy of it with the bytes at `offsets` flipped. */
 async function pair(size: number, offsets: readonly number[] = []): Promise<{ dir: string; source: string; target: string }> {
-  const dir = await scratch();
-  const source = join(dir, 'src.img');
-  const target = join(dir, 'dst.img');
-  await makeSampleImage(source, { size, holeFraction: 0.4, extentSize: 256 * KiB });
-  await copyFile(source, target);
-  const fh = await open(target, 'r+');
-  const b = Buffer.alloc(1);
-  for (const at of offsets) {
-    await fh.read(b, 0, 1, at);
-    b[0] = b[0]! ^ 0xff;
-    await fh.write(b, 0, 1, at);
-  }
-  await fh.close();
-  return { dir, source, target };
+  return imagePair(await scratch(), size, offsets);
 }
 
 const SIZE = 3 * MiB + 1000;

@@ -1,4 +1,4 @@
-import { copyFile, open, writeFile } from 'node:fs/promises';
+import { open, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { FileDevice } from '../../src/io/FileDevice.js';
@@ -7,36 +7,16 @@ import { copyImage, ErrorCode, verifyImages, type VerifyResult } from '../../src
 import { makeSampleImage } from '../../src/util/imageTools.js';
 import { writeRandomFile } from '../helpers/files.js';
 import { useScratchDir } from '../helpers/scratch.js';
+import { imagePair } from './imagePair.js';
 
 const KiB = 1024;
 const MiB = 1 << 20;
 const G = 64 * KiB; // the default granularity
 const scratch = useScratchDir();
 
-/** Flips the byte at each offset of `path`. */
-async function flipBytes(path: string, offsets: readonly number[]): Promise<void> {
-  const fh = await open(path, 'r+');
-  try {
-    const b = Buffer.alloc(1);
-    for (const at of offsets) {
-      await fh.read(b, 0, 1, at);
-      b[0] = b[0]! ^ 0xff;
-      await fh.write(b, 0, 1, at);
-    }
-  } finally {
-    await fh.close();
-  }
-}
-
 /** A source and a copy of it, with the copy's bytes flipped at `offsets`. */
 async function pair(size: number, offsets: readonly number[] = []): Promise<{ dir: string; source: string; target: string }> {
-  const dir = await scratch();
-  const source = join(dir, 'src.img');
-  const target = join(dir, 'dst.img');
-  await makeSampleImage(source, { size, holeFraction: 0.4, extentSize: 256 * KiB });
-  await copyFile(source, target);
-  await flipBytes(target, offsets);
-  return { dir, source, target };
+  return imagePair(await scratch(), size, offsets);
 }
 
 /** The set bits of a result's bitmap, as byte extents. */
