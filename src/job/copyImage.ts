@@ -106,9 +106,9 @@ export async function copyImage(first: string | CopyImageOptions, second?: strin
     const { created } = await prepareTarget(targetSpec, sourceSpec, src.size);
     dst = await openDevice(targetSpec);
     checkTargetSize(target, dst.size, src.size);
-    // Every stream is one task, so each worker must run its share of them at once.
     const files = sourceSpec.kind === 'file' && targetSpec.kind === 'file';
     const streams = tuning.speed === 0 && files;
+    // Every stream is one task, so each worker must run its share of them at once.
     const tasksPerWorker = streams ? Math.ceil(tuning.queueDepth / tuning.workers) : TASKS_PER_WORKER;
     // Only two files are copied by the worker pool; an NBD export keeps the copy on this thread.
     const modes = await ioModeCandidates(sourceSpec, targetSpec, options, { pooled: files, limited: tuning.speed > 0, size: src.size });
