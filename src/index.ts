@@ -33,6 +33,8 @@ export type { JobStatusValue } from './job/JobStatus.js';
 export type { ErrorAction, ErrorPolicy, IoStatus } from './job/errorPolicy.js';
 export type { ConvergenceEvent, NoConvergencePolicy, ReadyLostEvent } from './job/MirrorController.js';
 export type { TuningDecision, TuningReason } from './sched/ChunkTuner.js';
+/** The share of its best rate a mirror's copy keeps while the application is busy: the default of `MirrorOptions.minCopyShare`. */
+export { DEFAULT_MIN_COPY_SHARE } from './sched/ChunkTuner.js';
 /** Several jobs ending at one point in time. */
 export { cancelAll, completeAll } from './job/transactions.js';
 

@@ -13,7 +13,8 @@ import { DEFAULT_BUFFER_SIZE } from '../sched/tuning.js';
 import { formatBytes, formatDuration } from '../util/size.js';
 import { ExitCode, type ExitCodeValue } from './exitCodes.js';
 import { showMirrorProgress } from './mirrorProgress.js';
-import { addCopyTuningOptions, choiceOption, sizeOption, type CopyTuningOptions } from './options.js';
+import { addCopyTuningOptions, choiceOption, shareOption, sizeOption, type CopyTuningOptions } from './options.js';
+import { DEFAULT_MIN_COPY_SHARE } from '../sched/ChunkTuner.js';
 import { emitEvent, errorCode, reportError } from './output.js';
 import type { ConvergenceEvent } from '../job/MirrorController.js';
 import { ProgressBar } from './ProgressBar.js';
@@ -29,6 +30,7 @@ interface MirrorCommandOptions extends CopyTuningOptions {
   bufferSize: number;
   onSourceError: ErrorPolicy;
   onTargetError: ErrorPolicy;
+  minCopyShare?: number;
 }
 
 /** The signals the command acts on. */
@@ -71,6 +73,7 @@ export function registerMirrorCommand(program: Command): void {
     )
     .option('--granularity <size>', 'bytes per dirty bit (power of two, 512 to 64M; default 4K, coarser for huge images)', sizeOption('--granularity'))
     .option('--buffer-size <size>', 'bytes in flight at most (copy operations in flight: buffer / chunk size)', sizeOption('--buffer-size'), DEFAULT_BUFFER_SIZE)
+    .option('--min-copy-share <share>', 'share of its best rate the copy keeps while the application is over its latency target (0 to 1)', shareOption('--min-copy-share'), DEFAULT_MIN_COPY_SHARE)
     .addOption(choiceOption('--on-source-error <policy>', 'on a source read error: fail (report), retry (ignore), pause until SIGUSR2 (stop), stop on ENOSPC only (enospc)', ERROR_POLICIES, 'report'))
     .addOption(choiceOption('--on-target-error <policy>', 'on a target write or flush error, as --on-source-error', ERROR_POLICIES, 'report'))
     .action(async (source: string, target: string, opts: MirrorCommandOptions) => {
@@ -284,6 +287,7 @@ async function runMirror(source: string, target: string, opts: MirrorCommandOpti
       speed: opts.speed,
       onSourceError: opts.onSourceError,
       onTargetError: opts.onTargetError,
+      minCopyShare: opts.minCopyShare,
     };
     const job = await startMirror({ source, target, direct: opts.direct, ...tuning });
     run.attach(job);

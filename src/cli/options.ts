@@ -19,6 +19,15 @@ export function integerOption(what: string, min: number, max: number): (value: s
   };
 }
 
+/** A share from 0 to 1 (`0.5`); anything else is a usage error naming the option. */
+export function shareOption(what: string): (value: string) => number {
+  return (value) => {
+    const n = Number(value);
+    if (value.trim() === '' || !(n >= 0 && n <= 1)) throw new CommanderArgumentError(`${what} must be a share from 0 to 1, not '${value}'`);
+    return n;
+  };
+}
+
 /** An option that takes one of `choices` (anything else is a usage error naming them). */
 export function choiceOption(flags: string, description: string, choices: readonly string[], defaultValue: string): Option {
   return new Option(flags, description).choices(choices).default(defaultValue);

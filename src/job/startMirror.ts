@@ -82,6 +82,12 @@ export interface MirrorOptions {
    * QEMU's behaviour and the QMP daemon's), `throttle` (slow writers down).
    */
   readonly onNoConvergence?: NoConvergencePolicy;
+  /**
+   * Share of the best copy rate measured that the copy keeps while the application's writes are
+   * over the latency target: 0 to 1, default 0.5 (`DEFAULT_MIN_COPY_SHARE`). Lower is kinder to a
+   * busy application and slower to sync.
+   */
+  readonly minCopyShare?: number;
   /** A ready job whose backlog needs more than this many seconds of copying drops back to running (default 1). */
   readonly readyBacklogSeconds?: number;
   /**
@@ -135,6 +141,9 @@ function checkOptions(o: MirrorOptions): {
     throw invalid(`onNoConvergence must be one of ${NO_CONVERGENCE_POLICIES.join(', ')}, not ${String(o.onNoConvergence)}`);
   }
   if (o.latencyTarget !== undefined && !(o.latencyTarget > 0)) throw invalid(`latency target must be a positive number of ms, not ${o.latencyTarget}`);
+  if (o.minCopyShare !== undefined && !(o.minCopyShare >= 0 && o.minCopyShare <= 1)) {
+    throw invalid(`minCopyShare must be a share from 0 to 1, not ${o.minCopyShare}`);
+  }
   if (o.readyBacklogSeconds !== undefined && !(o.readyBacklogSeconds > 0)) {
     throw invalid(`readyBacklogSeconds must be positive, not ${o.readyBacklogSeconds}`);
   }
@@ -246,6 +255,7 @@ export async function startMirror(options: MirrorOptions): Promise<MirrorJob> {
           maxChunk: Math.min(Math.max(MAX_TUNED_CHUNK, tuning.chunkSize), source.maxRequest, target.maxRequest),
           maxInFlight: tuning.bufferSize,
           maxQueueDepth: Math.max(tuning.queueDepth, MAX_TUNED_QUEUE_DEPTH),
+          ...(options.minCopyShare !== undefined ? { minCopyShare: options.minCopyShare } : {}),
         },
         initial: { chunkSize: Math.min(tuning.chunkSize, source.maxRequest, target.maxRequest), inFlight: tuning.bufferSize },
         adaptive: options.adaptive ?? true,

@@ -193,6 +193,7 @@ describe('startMirror', () => {
     ['a buffer smaller than a chunk', { bufferSize: 1000 }],
     ['an unknown error policy', { onTargetError: 'retry' as never }],
     ['sync bitmap without a bitmap', { sync: 'bitmap' as const }],
+    ['a copy share over 1', { minCopyShare: 1.5 }],
   ])('refuses %s with BM_ERR_INVALID_OPTION, creating nothing', async (_name, bad) => {
     const { src, dst } = await setup(MiB);
     await expect(startMirror({ source: src, target: dst, ...bad })).rejects.toMatchObject({ code: ErrorCode.INVALID_OPTION });

@@ -141,4 +141,26 @@ describe('ChunkTuner', () => {
     expect(d.inFlight).toBeLessThan(2 * 4 * KiB);
     expect(d.queueDepth).toBe(1);
   });
+
+  /** Runs windows with the application always over its target, at a steady copy rate; returns the slowest pace set. */
+  function slowestPaceUnderBusyApp(limits: TunerLimits): number {
+    const tuner = new ChunkTuner(limits, { chunkSize: MiB, inFlight: MiB }, 400);
+    const busy: LatencyStats = { count: 100, p50: 2000, p99: 5000, p999: 5000, max: 5000, mean: 2000 };
+    let slowest = Number.POSITIVE_INFINITY;
+    for (let i = 0; i < 100; i++) {
+      const d = tuner.decide({ seconds: 0.1, bytesCopied: 1e9 * 0.1, backlogBytes: 1e12, app: busy, rateLimited: false });
+      if (d.pace !== undefined) slowest = Math.min(slowest, d.pace);
+    }
+    return slowest;
+  }
+
+  it('keeps half of the best rate measured while the application stays over its target, by default', () => {
+    expect(slowestPaceUnderBusyApp(LIMITS)).toBeGreaterThanOrEqual(0.5 * 1e9 * 0.999);
+  });
+
+  it('keeps the share of the best rate it is given (minCopyShare) while the application stays over its target', () => {
+    const slowest = slowestPaceUnderBusyApp({ ...LIMITS, minCopyShare: 0.2 });
+    expect(slowest).toBeGreaterThanOrEqual(0.2 * 1e9 * 0.999);
+    expect(slowest).toBeLessThan(0.5 * 1e9);
+  });
 });
