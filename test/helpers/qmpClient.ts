@@ -133,8 +133,12 @@ export class QmpClient {
     });
   }
 
-  close(): void {
-    this.#socket.end();
+  /** Hangs up; resolves once the connection is closed both ways. */
+  close(): Promise<void> {
+    const socket = this.#socket;
+    const closed = new Promise<void>((resolve) => (socket.closed ? resolve() : socket.once('close', () => resolve())));
+    socket.end();
+    return closed;
   }
 
   #receive(msg: Record<string, unknown>): void {
