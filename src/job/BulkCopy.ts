@@ -1,29 +1,21 @@
 import { performance } from 'node:perf_hooks';
-import { AbortError, IoError } from '../errors.js';
+import { IoError } from '../errors.js';
 import type { BlockDevice, DeviceSpec } from '../io/BlockDevice.js';
 import { CopyScheduler, type BatchOutcome } from '../sched/CopyScheduler.js';
 import { RangesExtentSource } from '../sched/ExtentSource.js';
 import { IoPlanChooser, type CopyPhase, type IoPlan } from '../sched/IoPlanChooser.js';
 import { RateLimiter } from '../sched/RateLimiter.js';
-import { RateMeter } from '../sched/RateMeter.js';
+import { DEFAULT_PROGRESS_INTERVAL_MS, PassProgress, type PassProgressReport } from '../sched/PassProgress.js';
 import { batchExtentsFor, STREAM_BYTES, type CopyTuning } from '../sched/tuning.js';
 import { WritebackPacer } from '../sched/WritebackPacer.js';
-import { formatBytes } from '../util/size.js';
 import type { CopyRunner } from '../workers/createCopyRunner.js';
 
 /** A progress report of a bulk copy. */
-export interface CopyProgress {
-  readonly bytesDone: number;
-  readonly bytesTotal: number;
+export interface CopyProgress extends PassProgressReport {
   /** Bytes written to the target (zero chunks skipped are not). */
   readonly bytesWritten: number;
   /** Bytes found all-zero. */
   readonly bytesZero: number;
-  readonly elapsedSeconds: number;
-  /** Smoothed copy rate, bytes per second. */
-  readonly rate: number;
-  /** Seconds to go at the current rate (Infinity while unknown). */
-  readonly etaSeconds: number;
 }
 
 /** What a {@link BulkCopy} copies with. */
@@ -76,7 +68,7 @@ export class BulkCopy {
   pacedFlushes = 0;
   readonly size: number;
   readonly #s: BulkCopySettings;
-  readonly #meter = new RateMeter();
+  readonly #progress: PassProgress;
   readonly #limiter: RateLimiter;
   #failure: IoError | undefined;
   #scheduler: CopyScheduler | undefined;
@@ -85,6 +77,7 @@ export class BulkCopy {
   constructor(settings: BulkCopySettings) {
     this.#s = settings;
     this.size = settings.source.size;
+    this.#progress = new PassProgress(this.size, settings.started);
     this.#limiter = new RateLimiter(settings.tuning.speed);
   }
 
@@ -94,7 +87,7 @@ export class BulkCopy {
     options.signal?.addEventListener('abort', onAbort, { once: true });
     if (options.signal?.aborted) onAbort(); // aborted while the copy was being set up
     const report = (): void => options.onProgress?.(this.progress());
-    const ticker = options.onProgress ? setInterval(report, options.progressInterval ?? 100) : undefined;
+    const ticker = options.onProgress ? setInterval(report, options.progressInterval ?? DEFAULT_PROGRESS_INTERVAL_MS) : undefined;
     try {
       for (let phase = chooser.next(); phase && !this.#stopped; phase = chooser.next()) {
         const t0 = performance.now();
@@ -103,12 +96,7 @@ export class BulkCopy {
         chooser.record(phase, (performance.now() - t0) / 1000);
       }
       if (this.#failure) throw this.#failure;
-      if (options.signal?.aborted) {
-        const pct = this.size === 0 ? '0.0' : ((100 * this.bytesDone) / this.size).toFixed(1);
-        throw new AbortError(`interrupted: copied ${formatBytes(this.bytesDone)} of ${formatBytes(this.size)} (${pct}%); the target is incomplete`, {
-          progress: { bytesDone: this.bytesDone, bytesTotal: this.size },
-        });
-      }
+      if (options.signal?.aborted) throw this.#progress.interrupted('copied', this.bytesDone, '; the target is incomplete');
       await target.flush();
       report();
     } finally {
@@ -119,18 +107,7 @@ export class BulkCopy {
   }
 
   progress(): CopyProgress {
-    const now = performance.now();
-    const rate = this.#meter.sample(this.bytesDone, now);
-    const remaining = this.size - this.bytesDone;
-    return {
-      bytesDone: this.bytesDone,
-      bytesTotal: this.size,
-      bytesWritten: this.bytesWritten,
-      bytesZero: this.bytesZero,
-      elapsedSeconds: (now - this.#s.started) / 1000,
-      rate,
-      etaSeconds: remaining === 0 ? 0 : rate > 0 ? remaining / rate : Number.POSITIVE_INFINITY,
-    };
+    return { ...this.#progress.sample(this.bytesDone), bytesWritten: this.bytesWritten, bytesZero: this.bytesZero };
   }
 
   /** Copies the phase's ranges with its plan; a page-cache target is flushed at its end. */

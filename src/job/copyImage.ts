@@ -14,7 +14,7 @@ import type { CopyProgress } from './BulkCopy.js';
 export type { CopyProgress } from './BulkCopy.js';
 
 /** Default time between two `onProgress` calls. */
-export const DEFAULT_PROGRESS_INTERVAL_MS = 100;
+export { DEFAULT_PROGRESS_INTERVAL_MS } from '../sched/PassProgress.js';
 
 /** Options of {@link copyImage}. Sizes are in bytes. */
 export interface CopyOptions extends Partial<CopyTuning> {

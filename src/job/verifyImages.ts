@@ -5,14 +5,12 @@ import type { BlockDevice, DeviceSpec } from '../io/BlockDevice.js';
 import { checkLocation, describeValue, deviceSpecFor } from '../io/location.js';
 import { openDevice } from '../io/openDevice.js';
 import { checkTargetSize } from '../io/prepareTarget.js';
-import { RateMeter } from '../sched/RateMeter.js';
+import { DEFAULT_PROGRESS_INTERVAL_MS, PassProgress, type PassProgressReport } from '../sched/PassProgress.js';
 import { DEFAULT_QUEUE_DEPTH, TASKS_PER_WORKER, resolveTuning } from '../sched/tuning.js';
-import { formatBytes } from '../util/size.js';
 import { ExtentComparer } from '../workers/ExtentComparer.js';
 import { WorkerPool } from '../workers/WorkerPool.js';
 import type { VerifyTask, VerifyTaskResult } from '../workers/VerifyTask.js';
 import { planConnections } from './connectionPlan.js';
-import { DEFAULT_PROGRESS_INTERVAL_MS } from './copyImage.js';
 
 /** Bytes one task of a pooled verify compares, in order (a stream the kernel's readahead serves). */
 const VERIFY_BATCH_BYTES = 16 << 20;
@@ -37,16 +35,9 @@ export interface VerifyImagesOptions {
 }
 
 /** A progress report of {@link verifyImages}. */
-export interface VerifyProgress {
-  readonly bytesDone: number;
-  readonly bytesTotal: number;
+export interface VerifyProgress extends PassProgressReport {
   /** Bytes of the granules found differing so far. */
   readonly differingBytes: number;
-  readonly elapsedSeconds: number;
-  /** Smoothed comparison rate, bytes per second. */
-  readonly rate: number;
-  /** Seconds to go at the current rate (Infinity while unknown). */
-  readonly etaSeconds: number;
 }
 
 /** A run of differing granules: `length` bytes from `offset` (the last granule clipped to the source size). */
@@ -166,7 +157,7 @@ interface VerifyRunSettings {
 /** One pass over the source's range: tasks of consecutive chunks, `inFlight` of them at once. */
 class VerifyRun {
   readonly #s: VerifyRunSettings;
-  readonly #meter = new RateMeter();
+  readonly #progressOf: PassProgress;
   #next = 0;
   #bytesDone = 0;
   #stopped = false;
@@ -174,6 +165,7 @@ class VerifyRun {
 
   constructor(settings: VerifyRunSettings) {
     this.#s = settings;
+    this.#progressOf = new PassProgress(settings.size, settings.started);
   }
 
   async run(options: Pick<VerifyImagesOptions, 'onProgress' | 'progressInterval' | 'signal'>): Promise<void> {
@@ -188,12 +180,7 @@ class VerifyRun {
       await Promise.all(Array.from({ length: this.#s.inFlight }, () => this.#lane()));
       if (this.#failure) throw this.#failure;
       const { size } = this.#s;
-      if (options.signal?.aborted && this.#bytesDone < size) {
-        const pct = size === 0 ? '0.0' : ((100 * this.#bytesDone) / size).toFixed(1);
-        throw new AbortError(`interrupted: compared ${formatBytes(this.#bytesDone)} of ${formatBytes(size)} (${pct}%)`, {
-          progress: { bytesDone: this.#bytesDone, bytesTotal: size },
-        });
-      }
+      if (options.signal?.aborted && this.#bytesDone < size) throw this.#progressOf.interrupted('compared', this.#bytesDone);
       report();
     } finally {
       clearInterval(ticker);
@@ -239,16 +226,6 @@ class VerifyRun {
   }
 
   #progress(): VerifyProgress {
-    const now = performance.now();
-    const rate = this.#meter.sample(this.#bytesDone, now);
-    const remaining = this.#s.size - this.#bytesDone;
-    return {
-      bytesDone: this.#bytesDone,
-      bytesTotal: this.#s.size,
-      differingBytes: this.#s.bitmap.dirtyBytes(),
-      elapsedSeconds: (now - this.#s.started) / 1000,
-      rate,
-      etaSeconds: remaining === 0 ? 0 : rate > 0 ? remaining / rate : Number.POSITIVE_INFINITY,
-    };
+    return { ...this.#progressOf.sample(this.#bytesDone), differingBytes: this.#s.bitmap.dirtyBytes() };
   }
 }
