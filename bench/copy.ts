@@ -13,7 +13,7 @@
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { mkdir, open, rm, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -21,6 +21,7 @@ import { formatBytes, parseSize } from '../src/util/size.js';
 import { makeSampleImage } from '../src/util/imageTools.js';
 import { machineInfo, type MachineInfo } from './lib/machine.js';
 import { markdownTable, median } from './lib/stats.js';
+import { cachedBytes, childCpuSeconds, dropCaches, has, warm } from './lib/host.js';
 
 const CLI = resolve(import.meta.dirname, '../dist/cli/bin.js');
 
@@ -85,21 +86,6 @@ interface RunMeasure {
   readonly cacheGrowth: number;
 }
 
-/** CPU-seconds of this process's waited-for children (cutime + cstime of /proc/self/stat). */
-function childCpuSeconds(): number {
-  const fields = readFileSync('/proc/self/stat', 'utf8').split(') ')[1]!.split(' ');
-  // After "pid (comm) ", field 3 is state; cutime and cstime are fields 16 and 17.
-  const ticks = Number(fields[16 - 3]) + Number(fields[17 - 3]);
-  return ticks / CLOCK_TICKS;
-}
-const CLOCK_TICKS = Number(spawnSync('getconf', ['CLK_TCK']).stdout?.toString().trim() || 100);
-
-/** Bytes in the page cache now. */
-function cachedBytes(): number {
-  const m = /^Cached:\s+(\d+) kB/m.exec(readFileSync('/proc/meminfo', 'utf8'));
-  return m ? Number(m[1]) * 1024 : 0;
-}
-
 async function makeSparse64(path: string): Promise<void> {
   const fh = await open(path, 'w');
   try {
@@ -115,24 +101,6 @@ async function makeSparse64(path: string): Promise<void> {
   } finally {
     await fh.close();
   }
-}
-
-function has(binary: string): boolean {
-  return binary === process.execPath || spawnSync('sh', ['-c', `command -v ${binary}`]).status === 0;
-}
-
-function dropCaches(): boolean {
-  try {
-    execFileSync('sync');
-    execFileSync('sh', ['-c', 'echo 3 > /proc/sys/vm/drop_caches'], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-function warm(path: string): void {
-  execFileSync('sh', ['-c', `cat '${path}' > /dev/null`]);
 }
 
 function timeTool(tool: Tool, src: string, dst: string): RunMeasure {

@@ -19,67 +19,18 @@
  *
  * With several runs, policies alternate within each run and the table shows medians.
  */
-import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { FileDevice } from '../src/io/FileDevice.js';
-import { serveNbd } from '../src/io/nbd/NbdServer.js';
 import type { BlockDevice } from '../src/io/BlockDevice.js';
 import { startMirror, type CopyMode, type NoConvergencePolicy, type TuningDecision } from '../src/index.js';
 import { makeSampleImage } from '../src/util/imageTools.js';
 import { formatBytes, parseSize } from '../src/util/size.js';
 import { machineInfo } from './lib/machine.js';
 import { markdownTable, median } from './lib/stats.js';
-
-/** What fio reports of its writes. Latencies in µs. */
-interface WriterStats {
-  readonly iops: number;
-  readonly p50: number;
-  readonly p99: number;
-  readonly p999: number;
-}
-
-/** Runs fio's nbd engine against `uri` for `seconds`: random 4 KiB writes, queue depth 8. */
-function fio(uri: string, size: number, seconds: number, iops: number): Promise<WriterStats> {
-  const args = [
-    '--name=writer',
-    '--ioengine=nbd',
-    `--uri=${uri}`,
-    '--rw=randwrite',
-    '--bs=4k',
-    '--iodepth=8',
-    '--time_based',
-    `--runtime=${seconds}`,
-    `--size=${size}`,
-    '--output-format=json',
-    ...(iops > 0 ? [`--rate_iops=${iops}`] : []),
-  ];
-  return new Promise((done, fail) => {
-    const child = spawn('fio', args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    child.on('error', fail);
-    child.on('close', (code) => {
-      if (code !== 0) return fail(new Error(`fio exited with ${code}`));
-      const write = JSON.parse(out.slice(out.indexOf('{'))).jobs[0].write;
-      const pct = write.clat_ns.percentile as Record<string, number>;
-      done({ iops: write.iops, p50: pct['50.000000']! / 1000, p99: pct['99.000000']! / 1000, p999: pct['99.900000']! / 1000 });
-    });
-  });
-}
-
-/** fio through an export of `device` (in this process, as the mirror's export is). */
-async function writeThrough(device: BlockDevice, socket: string, size: number, seconds: number, iops: number): Promise<WriterStats> {
-  await rm(socket, { force: true });
-  const { server, uri } = await serveNbd(device, `nbd+unix:///disk?socket=${socket}`);
-  try {
-    return await fio(uri, size, seconds, iops);
-  } finally {
-    await server.close();
-  }
-}
+import { writeBack, writeThrough, type WriterStats } from './lib/fio.js';
 
 interface MirrorBenchResult {
   readonly policy: NoConvergencePolicy;
@@ -153,16 +104,6 @@ async function mirrorRun(setup: MirrorRunSetup, policy: NoConvergencePolicy, iop
 }
 
 const ms = (micros: number): string => (micros / 1000).toFixed(2);
-
-/** Writes back a file's dirty pages (those of the run before, so the next run does not pay for them). */
-async function writeBack(path: string): Promise<void> {
-  const file = await FileDevice.open({ kind: 'file', path, writable: true });
-  try {
-    await file.flush();
-  } finally {
-    await file.close();
-  }
-}
 
 async function main(): Promise<void> {
   const { values } = parseArgs({

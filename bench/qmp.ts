@@ -3,14 +3,17 @@
  * start-up options, the same image, the same fio writer (4 KiB random writes, iodepth 8, through
  * each daemon's own NBD export), alternating daemons within each round.
  *
- *   npm run bench:qmp -- [--size 4G] [--runs 3] [--fio-seconds 20] [--daemons qemu-storage-daemon,blockmirror]
- *                        [--dir DIR] [--json FILE]
+ *   npm run bench:qmp -- [--sizes 512M,4G] [--writers none,3000,max] [--runs 3] [--fio-seconds 15]
+ *                        [--daemons qemu-storage-daemon,blockmirror] [--dir DIR] [--json FILE]
  *
- * One round, per daemon: start it (--blockdev src, --nbd-server, --export writable, --chardev +
- * --monitor), blockdev-add a fresh sparse target, start fio, one second later blockdev-mirror
- * sync=full; time to BLOCK_JOB_READY; when fio has finished, block-job-complete and
- * BLOCK_JOB_COMPLETED (offset: bytes the job copied); quit. Also one fio run per daemon with no
- * job, for the writer's baseline. Prints a Markdown table for docs/perf.md.
+ * Writer profiles: `none` (no writer: the job alone), a fixed rate in IOPS (fio --rate_iops), or
+ * `max` (unthrottled). One round, per daemon: start it (--blockdev src, --nbd-server, --export
+ * writable, --chardev + --monitor), blockdev-add a fresh sparse target, start fio (if any), one
+ * second later blockdev-mirror sync=full; time to BLOCK_JOB_READY; when fio has finished (at
+ * once without a writer), block-job-complete and BLOCK_JOB_COMPLETED (offset: bytes the job
+ * copied); quit. Daemons alternate within each round. Also one fio run per daemon with no job,
+ * for the writer's baseline. Prints a table per image size and a table of blockmirror/QEMU
+ * ratios of the medians: time to ready, bytes copied, writer IOPS and writer p99.
  */
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -27,18 +30,35 @@ import { markdownTable, median } from './lib/stats.js';
 
 const { values } = parseArgs({
   options: {
-    size: { type: 'string', default: '4G' },
+    sizes: { type: 'string', default: '512M,4G' },
+    writers: { type: 'string', default: 'none,3000,max' },
     runs: { type: 'string', default: '3' },
-    'fio-seconds': { type: 'string', default: '20' },
+    'fio-seconds': { type: 'string', default: '15' },
     dir: { type: 'string' },
     json: { type: 'string' },
     daemons: { type: 'string', default: 'qemu-storage-daemon,blockmirror' },
   },
 });
-const size = parseSize(values.size!, '--size');
+const sizes = values.sizes!.split(',').map((t) => parseSize(t, '--sizes'));
+const writers = values.writers!.split(',').map(parseWriter);
 const runs = Number(values.runs);
 const fioSeconds = Number(values['fio-seconds']);
 const dir = resolve(values.dir ?? join(process.cwd(), 'bench-qmp-tmp'));
+
+/** A writer profile: no writer, a fixed rate in IOPS, or unthrottled. */
+type WriterProfile = { readonly kind: 'none' } | { readonly kind: 'rate'; readonly iops: number } | { readonly kind: 'max' };
+
+function parseWriter(text: string): WriterProfile {
+  if (text === 'none') return { kind: 'none' };
+  if (text === 'max') return { kind: 'max' };
+  const iops = Number(text);
+  if (!Number.isSafeInteger(iops) || iops <= 0) throw new Error(`--writers: none, max or a rate in IOPS, not ${text}`);
+  return { kind: 'rate', iops };
+}
+
+function writerName(w: WriterProfile): string {
+  return w.kind === 'rate' ? `${w.iops} IOPS` : w.kind === 'none' ? 'no writer' : 'unthrottled';
+}
 
 function hasBinary(bin: string): boolean {
   return (process.env.PATH ?? '').split(':').some((d) => existsSync(join(d, bin)));
@@ -49,12 +69,13 @@ interface FioResult {
   p99us: number;
 }
 
-/** fio through an NBD export: 4 KiB random writes, iodepth 8, for `seconds`. */
-function fio(socket: string, seconds: number): Promise<FioResult> {
+/** fio through an NBD export: 4 KiB random writes, iodepth 8, for `seconds`, at `iops` (0: unthrottled). */
+function fio(socket: string, size: number, seconds: number, iops: number): Promise<FioResult> {
   return new Promise((done, fail) => {
     const child = spawn('fio', [
       '--name=writer', '--ioengine=nbd', `--uri=nbd+unix:///src?socket=${socket}`, '--rw=randwrite', '--bs=4k', '--iodepth=8',
       `--size=${size}`, '--time_based', `--runtime=${seconds}`, '--output-format=json',
+      ...(iops > 0 ? [`--rate_iops=${iops}`] : []),
     ], { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     let err = '';
@@ -92,14 +113,17 @@ async function stop(s: { d: RunningDaemon; qmp: QmpClient }): Promise<void> {
 
 interface RoundResult {
   daemon: DaemonBinary;
+  size: number;
+  writer: string;
   readySeconds: number;
   copiedRatio: number;
   completeSeconds: number;
+  /** The writer's, during the job (NaN without a writer). */
   iops: number;
   p99us: number;
 }
 
-async function round(binary: DaemonBinary): Promise<RoundResult> {
+async function round(binary: DaemonBinary, size: number, profile: WriterProfile): Promise<RoundResult> {
   const dst = join(dir, 'dst.img');
   await rm(dst, { force: true });
   await writeFile(dst, '');
@@ -107,28 +131,28 @@ async function round(binary: DaemonBinary): Promise<RoundResult> {
   const s = await start(binary);
   try {
     await s.qmp.execute('blockdev-add', { driver: 'file', 'node-name': 'dst', filename: dst });
-    const writer = fio(s.nbd, fioSeconds);
-    await new Promise((r) => setTimeout(r, 1000));
+    const writer = profile.kind === 'none' ? undefined : fio(s.nbd, size, fioSeconds, profile.kind === 'rate' ? profile.iops : 0);
+    if (writer) await new Promise((r) => setTimeout(r, 1000));
     const t0 = performance.now();
     await s.qmp.execute('blockdev-mirror', { 'job-id': 'job0', device: 'src', target: 'dst', sync: 'full' });
     await s.qmp.waitEvent('BLOCK_JOB_READY', () => true, 600_000);
     const readySeconds = (performance.now() - t0) / 1000;
-    const w = await writer;
+    const w = (await writer) ?? { iops: Number.NaN, p99us: Number.NaN };
     const t1 = performance.now();
     await s.qmp.execute('block-job-complete', { device: 'job0' });
     const done = await s.qmp.waitEvent('BLOCK_JOB_COMPLETED', () => true, 600_000);
     const completeSeconds = (performance.now() - t1) / 1000;
     if (done.data!.error) throw new Error(`${binary}: job failed: ${String(done.data!.error)}`);
-    return { daemon: binary, readySeconds, copiedRatio: (done.data!.offset as number) / size, completeSeconds, iops: w.iops, p99us: w.p99us };
+    return { daemon: binary, size, writer: writerName(profile), readySeconds, copiedRatio: (done.data!.offset as number) / size, completeSeconds, iops: w.iops, p99us: w.p99us };
   } finally {
     await stop(s);
   }
 }
 
-async function baseline(binary: DaemonBinary): Promise<FioResult> {
+async function baseline(binary: DaemonBinary, size: number, iops: number): Promise<FioResult> {
   const s = await start(binary);
   try {
-    return await fio(s.nbd, Math.min(fioSeconds, 10));
+    return await fio(s.nbd, size, Math.min(fioSeconds, 10), iops);
   } finally {
     await stop(s);
   }
@@ -141,44 +165,77 @@ async function main(): Promise<void> {
   }
   if (!hasBinary('fio')) throw new Error('fio is not installed (apt-get install fio)');
   await mkdir(dir, { recursive: true });
-  console.error(`making a ${formatBytes(size)} source image (random data, a quarter holes) in ${dir}`);
-  await makeSampleImage(join(dir, 'src.img'), { size, holeFraction: 0.25 });
   const results: RoundResult[] = [];
   const baselines: Record<string, FioResult> = {};
-  for (const b of daemons) {
-    baselines[b] = await baseline(b);
-    console.error(`baseline ${b}: ${baselines[b]!.iops.toFixed(0)} IOPS, p99 ${baselines[b]!.p99us.toFixed(0)} µs`);
-  }
-  for (let r = 0; r < runs; r++) {
-    const order = r % 2 === 0 ? daemons : [...daemons].reverse();
-    for (const b of order) {
-      const res = await round(b);
-      results.push(res);
-      console.error(`round ${r + 1} ${b}: ready ${res.readySeconds.toFixed(2)} s, copied ${res.copiedRatio.toFixed(3)} x size, complete ${res.completeSeconds.toFixed(2)} s, ${res.iops.toFixed(0)} IOPS, p99 ${res.p99us.toFixed(0)} µs`);
+  const tables: string[] = [];
+  const ratioRows: string[][] = [];
+  for (const size of sizes) {
+    console.error(`making a ${formatBytes(size)} source image (random data, a quarter holes) in ${dir}`);
+    await makeSampleImage(join(dir, 'src.img'), { size, holeFraction: 0.25 });
+    for (const profile of writers.filter((w) => w.kind !== 'none')) {
+      for (const b of daemons) {
+        const key = `${b} ${formatBytes(size)} ${writerName(profile)}`;
+        baselines[key] = await baseline(b, size, profile.kind === 'rate' ? profile.iops : 0);
+        console.error(`baseline ${key}: ${baselines[key]!.iops.toFixed(0)} IOPS, p99 ${baselines[key]!.p99us.toFixed(0)} µs`);
+      }
     }
+    for (let r = 0; r < runs; r++) {
+      for (const profile of writers) {
+        const order = r % 2 === 0 ? daemons : [...daemons].reverse();
+        for (const b of order) {
+          const res = await round(b, size, profile);
+          results.push(res);
+          console.error(
+            `${formatBytes(size)} ${res.writer} round ${r + 1} ${b}: ready ${res.readySeconds.toFixed(2)} s, copied ${res.copiedRatio.toFixed(3)} x size, ` +
+              `complete ${res.completeSeconds.toFixed(2)} s, ${res.iops.toFixed(0)} IOPS, p99 ${res.p99us.toFixed(0)} µs`,
+          );
+        }
+      }
+    }
+    const rows: string[][] = [];
+    for (const profile of writers) {
+      const name = writerName(profile);
+      const medians = new Map<DaemonBinary, { ready: number; copied: number; iops: number; p99: number }>();
+      for (const b of daemons) {
+        const mine = results.filter((x) => x.daemon === b && x.size === size && x.writer === name);
+        const med = (f: (x: RoundResult) => number): number => median(mine.map(f));
+        const all = (f: (x: RoundResult) => number, digits: number): string => mine.map((x) => f(x).toFixed(digits)).join(' / ');
+        medians.set(b, { ready: med((x) => x.readySeconds), copied: med((x) => x.copiedRatio), iops: med((x) => x.iops), p99: med((x) => x.p99us) });
+        const base = baselines[`${b} ${formatBytes(size)} ${name}`];
+        rows.push([
+          name,
+          b,
+          `${med((x) => x.readySeconds).toFixed(2)} (${all((x) => x.readySeconds, 2)})`,
+          `${med((x) => x.copiedRatio).toFixed(3)}`,
+          `${med((x) => x.completeSeconds).toFixed(2)}`,
+          profile.kind === 'none' ? '-' : `${med((x) => x.iops).toFixed(0)} (${all((x) => x.iops, 0)})`,
+          profile.kind === 'none' ? '-' : `${med((x) => x.p99us).toFixed(0)}`,
+          base ? `${base.iops.toFixed(0)} / ${base.p99us.toFixed(0)} µs` : '-',
+        ]);
+      }
+      const mine = medians.get('blockmirror');
+      const qemu = medians.get('qemu-storage-daemon');
+      if (mine && qemu) {
+        const ratio = (a: number, b: number): string => (Number.isNaN(a) || Number.isNaN(b) ? '-' : (a / b).toFixed(2));
+        ratioRows.push([formatBytes(size), name, ratio(mine.ready, qemu.ready), ratio(mine.copied, qemu.copied), ratio(mine.iops, qemu.iops), ratio(mine.p99, qemu.p99)]);
+      }
+    }
+    tables.push(
+      `${formatBytes(size)} image:\n\n` +
+        markdownTable(
+          ['writer', 'daemon', 'time to ready, s: median (runs)', 'bytes copied / image size', 'complete, s', 'writer IOPS during the job', 'writer p99, µs', 'writer alone: IOPS / p99'],
+          rows,
+        ),
+    );
   }
-  const rows = daemons.map((b) => {
-    const mine = results.filter((x) => x.daemon === b);
-    const med = (f: (x: RoundResult) => number): number => median(mine.map(f));
-    const all = (f: (x: RoundResult) => number, digits: number): string => mine.map((x) => f(x).toFixed(digits)).join(' / ');
-    return [
-      b,
-      `${med((x) => x.readySeconds).toFixed(2)} (${all((x) => x.readySeconds, 2)})`,
-      `${med((x) => x.copiedRatio).toFixed(3)} (${all((x) => x.copiedRatio, 3)})`,
-      `${med((x) => x.completeSeconds).toFixed(2)}`,
-      `${med((x) => x.iops).toFixed(0)} (${all((x) => x.iops, 0)})`,
-      `${med((x) => x.p99us).toFixed(0)} (${all((x) => x.p99us, 0)})`,
-      `${baselines[b]!.iops.toFixed(0)} / ${baselines[b]!.p99us.toFixed(0)} µs`,
-    ];
-  });
-  const table = markdownTable(
-    ['daemon', 'time to ready, s: median (runs)', 'bytes copied / image size', 'complete, s', 'writer IOPS during the job', 'writer p99, µs', 'writer alone: IOPS / p99'],
-    rows,
-  );
-  console.log(table);
+  console.log(tables.join('\n\n'));
+  if (ratioRows.length) {
+    console.log('\nblockmirror / qemu-storage-daemon, medians (ready and p99: lower is better; IOPS: higher is better):\n');
+    console.log(markdownTable(['image', 'writer', 'time to ready', 'bytes copied', 'writer IOPS', 'writer p99'], ratioRows));
+  }
   const machine = machineInfo(dir);
-  console.log(`\n${formatBytes(size)} image, ${runs} rounds, fio ${fioSeconds} s per round; ${machine.cpu}, ${machine.cores} cores, ${machine.memoryGiB} GiB, ${machine.filesystem}, Node ${machine.node}`);
-  if (values.json) await writeFile(values.json, JSON.stringify({ kind: 'qmp', date: new Date().toISOString(), machine, size, runs, fioSeconds, baselines, results }, null, 2));
+  console.log(`\n${runs} rounds, fio ${fioSeconds} s per round; ${machine.cpu}, ${machine.cores} cores, ${machine.memoryGiB} GiB, ${machine.filesystem}, Node ${machine.node}`);
+  if (values.json) await writeFile(values.json, JSON.stringify({ kind: 'qmp', date: new Date().toISOString(), machine, sizes, writers: writers.map(writerName), runs, fioSeconds, baselines, results, ratios: ratioRows }, null, 2));
   await rm(dir, { recursive: true, force: true });
 }
 

@@ -136,37 +136,54 @@ function copyRows(report: CopyBenchReport, file: string): SummaryRow[] {
   return rows;
 }
 
-/** What bench:qmp writes. */
+/** What bench:qmp writes: rounds by image size and writer profile (older reports: one size, one unthrottled writer). */
 interface QmpBenchReport {
   readonly kind: 'qmp';
   readonly date: string;
   readonly machine: MachineInfo;
-  readonly size: number;
+  readonly size?: number;
+  readonly sizes?: readonly number[];
+  readonly writers?: readonly string[];
   readonly runs: number;
   readonly fioSeconds: number;
-  readonly results: ReadonlyArray<{ readonly daemon: string; readonly readySeconds: number }>;
+  readonly results: ReadonlyArray<{ readonly daemon: string; readonly readySeconds: number; readonly size?: number; readonly writer?: string }>;
 }
 
 function qmpRows(report: QmpBenchReport, file: string): SummaryRow[] {
-  const times = (daemon: string): number[] => report.results.filter((r) => r.daemon === daemon).map((r) => r.readySeconds);
-  const mine = times('blockmirror');
-  const peer = times('qemu-storage-daemon');
-  if (mine.length === 0 || peer.length === 0) return [];
-  return [
-    {
-      benchmark: 'live mirror over QMP, time to ready',
-      image: `${sizeText(report.size)}, a quarter holes, fio writing`,
-      cache: 'warm',
-      peer: 'qemu-storage-daemon',
-      blockmirror: median(mine),
-      peerMedian: median(peer),
-      cpuRatio: undefined,
-      ...datesOf(report, file),
-      machine: machineText(report.machine),
-      command: `npm run bench:qmp -- --size ${sizeArgument(report.size)} --runs ${report.runs} --fio-seconds ${report.fioSeconds} --json ${file}`,
-      order: [2, report.size],
-    },
-  ];
+  const sizes = report.sizes ?? (report.size !== undefined ? [report.size] : []);
+  const writers = report.writers ?? [undefined];
+  const command = report.sizes
+    ? `npm run bench:qmp -- --sizes ${sizes.map(sizeArgument).join(',')} --writers ${writerArguments(report.writers ?? [])} --runs ${report.runs} --fio-seconds ${report.fioSeconds} --json ${file}`
+    : `npm run bench:qmp -- --size ${sizeArgument(sizes[0]!)} --runs ${report.runs} --fio-seconds ${report.fioSeconds} --json ${file}`;
+  const rows: SummaryRow[] = [];
+  for (const size of sizes) {
+    for (const [w, writer] of writers.entries()) {
+      const times = (daemon: string): number[] =>
+        report.results.filter((r) => r.daemon === daemon && (r.size ?? size) === size && r.writer === writer).map((r) => r.readySeconds);
+      const mine = times('blockmirror');
+      const peer = times('qemu-storage-daemon');
+      if (mine.length === 0 || peer.length === 0) continue;
+      rows.push({
+        benchmark: 'live mirror over QMP, time to ready',
+        image: `${sizeText(size)}, a quarter holes, ${writer === undefined ? 'fio writing' : writer === 'no writer' ? 'no writer' : `fio writing, ${writer}`}`,
+        cache: 'warm',
+        peer: 'qemu-storage-daemon',
+        blockmirror: median(mine),
+        peerMedian: median(peer),
+        cpuRatio: undefined,
+        ...datesOf(report, file),
+        machine: machineText(report.machine),
+        command,
+        order: [2, size, w],
+      });
+    }
+  }
+  return rows;
+}
+
+/** The --writers argument that names these profiles again. */
+function writerArguments(names: readonly string[]): string {
+  return names.map((n) => (n === 'no writer' ? 'none' : n === 'unthrottled' ? 'max' : n.replace(/ IOPS$/, ''))).join(',');
 }
 
 /** What bench:nbd writes: seconds of each run, by contender. */

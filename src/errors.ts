@@ -45,6 +45,30 @@ export const ErrorCode = {
   BITMAP_GEOMETRY: 'BM_ERR_BITMAP_GEOMETRY',
   /** A bitmap operation used in a state that forbids it: changing a frozen bitmap, settling a succession twice. */
   BITMAP_STATE: 'BM_ERR_BITMAP_STATE',
+  /** The activity log is empty. */
+  LOG_EMPTY: 'BM_ERR_LOG_EMPTY',
+  /** The file is not a blockmirror activity log (another magic). */
+  LOG_FOREIGN: 'BM_ERR_LOG_FOREIGN',
+  /** The activity log ends inside its header or its snapshot. */
+  LOG_TRUNCATED: 'BM_ERR_LOG_TRUNCATED',
+  /** The activity log has a format version this build does not read. */
+  LOG_VERSION: 'BM_ERR_LOG_VERSION',
+  /** The activity log fails its checksums or its records do not fit together. */
+  LOG_CORRUPT: 'BM_ERR_LOG_CORRUPT',
+  /** The activity log is for another image size, or extents that do not fit the bitmap. */
+  LOG_GEOMETRY: 'BM_ERR_LOG_GEOMETRY',
+  /** The directory holds no job state (no state.json). */
+  STATE_MISSING: 'BM_ERR_STATE_MISSING',
+  /** state.json is not blockmirror job state, or its fields do not make sense. */
+  STATE_CORRUPT: 'BM_ERR_STATE_CORRUPT',
+  /** state.json is from a format version this build does not read. */
+  STATE_VERSION: 'BM_ERR_STATE_VERSION',
+  /** The state's parts disagree with each other or with the images (another size, another moment). */
+  STATE_MISMATCH: 'BM_ERR_STATE_MISMATCH',
+  /** The directory already holds the state of a job (start it with resume instead). */
+  STATE_EXISTS: 'BM_ERR_STATE_EXISTS',
+  /** Another live process is running the job of this state directory. */
+  STATE_IN_USE: 'BM_ERR_STATE_IN_USE',
   /** A job verb was used in a state that does not allow it. */
   JOB_STATE: 'BM_ERR_JOB_STATE',
   /** The job failed (its error policy was `report`); `cause` holds the I/O error. */
@@ -136,6 +160,23 @@ export class AbortError extends BlockmirrorError {
 
 /** A persistent bitmap file that cannot be loaded, or bitmaps of different geometry. */
 export class BitmapError extends BlockmirrorError {}
+
+/**
+ * Job state on disk (a state directory, its activity log) that cannot be used: missing, damaged,
+ * foreign, from another moment or image. Never resumed silently from: `hint` says the way back.
+ */
+export class StateError extends BlockmirrorError {
+  /** What to do instead, for people (blockmirror verify, usually). */
+  readonly hint: string;
+  constructor(code: ErrorCodeValue, message: string, hint: string = STATE_HINT, options: BlockmirrorErrorOptions = {}) {
+    super(code, `${message}; ${hint}`, options);
+    this.hint = hint;
+  }
+}
+
+/** The way back when job state cannot be trusted. */
+export const STATE_HINT =
+  'to find what differs without it, run `blockmirror verify SOURCE TARGET --bitmap FILE`, then repair with `blockmirror mirror SOURCE TARGET --sync bitmap --bitmap FILE`';
 
 /** A job verb used in the wrong state, or a failed job. */
 export class JobError extends BlockmirrorError {}

@@ -22,6 +22,23 @@ export type { VerifyExtent, VerifyImagesOptions, VerifyProgress, VerifyResult } 
 /** Live mirror: {@link startMirror} returns a {@link MirrorJob}; `job.device` is the write interceptor. */
 export { startMirror, DEFAULT_BUFFER_SIZE } from './job/startMirror.js';
 export type { MirrorOptions, SyncMode } from './job/startMirror.js';
+/**
+ * Crash-safe mirrors: with `MirrorOptions.state` a job keeps its bitmap, activity log and phase
+ * in a directory (docs/activity-log.md); {@link recoverJobState} says after any crash which image
+ * is current and what is left, and {@link resumeMirror} copies only that.
+ */
+export { resumeMirror } from './job/resumeMirror.js';
+export type { ResumeOptions } from './job/resumeMirror.js';
+export { recoverJobState } from './state/recoverJobState.js';
+export type { RecoveredJobState } from './state/recoverJobState.js';
+export { JOB_STATE_FORMAT, JOB_STATE_VERSION, readJobState, StateFiles } from './state/JobStateFile.js';
+export type { JobOwner, JobPhase, JobStateRecord } from './state/JobStateFile.js';
+/** The activity log: its defaults, and its file read back. */
+export { ActivityLog, DEFAULT_HOT_EXTENTS, DEFAULT_LOG_EXTENT_SIZE } from './state/ActivityLog.js';
+export type { ActivityLogOptions } from './state/ActivityLog.js';
+export { ACTIVITY_LOG_MAGIC, ACTIVITY_LOG_VERSION, readActivityLog } from './state/ActivityLogFile.js';
+export type { ActivityLogContents, ActivityLogHeader } from './state/ActivityLogFile.js';
+export { DEFAULT_CHECKPOINT_INTERVAL_MS } from './state/Checkpointer.js';
 export { MirrorJob } from './job/MirrorJob.js';
 export type { JobErrorEvent, JobOutcome, MirrorJobEvents, MirrorProgress } from './job/MirrorJob.js';
 export { TrackedDevice } from './job/TrackedDevice.js';
@@ -60,6 +77,8 @@ export {
   IoError,
   JobError,
   NbdError,
+  STATE_HINT,
+  StateError,
 } from './errors.js';
 export type { AbortProgress, ErrorCodeValue, IoOperation } from './errors.js';
 

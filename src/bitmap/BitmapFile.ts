@@ -1,11 +1,10 @@
-import { randomBytes } from 'node:crypto';
-import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
+import { open, type FileHandle } from 'node:fs/promises';
 import { endianness } from 'node:os';
-import { basename, dirname, join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { BitmapError, BlockmirrorError, ErrorCode, toIoError, type ErrorCodeValue } from '../errors.js';
 import { bitCountFor } from './BitmapLayout.js';
 import { DirtyBitmap } from './DirtyBitmap.js';
+import { writeFileAtomic } from '../util/writeFileAtomic.js';
 
 /**
  * The persistent bitmap file (docs/bitmap-format.md): a 64-byte little-endian header, then the
@@ -288,20 +287,7 @@ export async function saveBitmap(path: string, bitmap: DirtyBitmap, options: Sav
     bodyBytes: body.length,
     bodyCrc: crc32(body),
   };
-  const temp = join(dirname(path), `.${basename(path)}.${process.pid}-${randomBytes(4).toString('hex')}.tmp`);
-  try {
-    await withFile(temp, 'wx', async (fh) => {
-      await fh.writev([encodeHeader(header), body], 0);
-      await fh.sync();
-    });
-    await rename(temp, path).catch((err: unknown) => {
-      throw toIoError(err, 'write', path);
-    });
-  } catch (err) {
-    await unlink(temp).catch(() => {});
-    throw err;
-  }
-  await syncDirectory(dirname(path));
+  await writeFileAtomic(path, [encodeHeader(header), body]);
   return header;
 }
 
@@ -311,20 +297,6 @@ async function nextGeneration(path: string): Promise<number> {
     return (await readBitmapHeader(path)).generation + 1;
   } catch {
     return 1;
-  }
-}
-
-/** Makes a rename durable. Some filesystems cannot fsync a directory; they say so with EINVAL. */
-async function syncDirectory(dir: string): Promise<void> {
-  let fh: FileHandle | undefined;
-  try {
-    fh = await open(dir, 'r');
-    await fh.sync();
-  } catch (err) {
-    const code = (err as { code?: string }).code;
-    if (code !== 'EINVAL' && code !== 'EISDIR' && code !== 'EPERM') throw toIoError(err, 'flush', dir);
-  } finally {
-    await fh?.close();
   }
 }
 

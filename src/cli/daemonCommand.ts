@@ -3,6 +3,7 @@ import { InvalidArgumentError as CommanderArgumentError, type Command } from 'co
 import { Daemon } from '../control/Daemon.js';
 import { MAX_PENDING_COMMANDS, MAX_QMP_CLIENTS, MAX_WRITE_BUFFER, NEGOTIATION_TIMEOUT_MS } from '../control/qmp/QmpServer.js';
 import { applyStartupOptions, StartupError } from '../control/startup.js';
+import { DEFAULT_CHECKPOINT_INTERVAL_MS } from '../state/Checkpointer.js';
 import { ExitCode } from './exitCodes.js';
 import { integerOption, sizeOption } from './options.js';
 
@@ -15,6 +16,7 @@ interface DaemonCommandOptions {
   chardev: string[];
   monitor: string[];
   bitmapDir?: string;
+  bitmapCheckpointInterval: number;
   pidfile?: string;
   qmpMaxClients: number;
   qmpMaxPending: number;
@@ -45,6 +47,12 @@ export function registerDaemonCommand(program: Command): void {
     .option('--chardev <options>', 'a socket for --monitor: socket,id=X,path=P,server=on,wait=off', collect, [])
     .option('--monitor <options>', 'a QMP monitor on a --chardev: chardev=X', collect, [])
     .option('--bitmap-dir <dir>', 'where persistent dirty bitmaps are saved (default: next to each image)')
+    .option(
+      '--bitmap-checkpoint-interval <ms>',
+      'milliseconds between saves of a persistent bitmap while it changes (its activity log covers the writes between)',
+      integerOption('--bitmap-checkpoint-interval', 10, 3_600_000),
+      DEFAULT_CHECKPOINT_INTERVAL_MS,
+    )
     .option('--pidfile <path>', 'write the process id here once ready')
     .option('--qmp-max-clients <n>', 'QMP clients each monitor serves at once (more are refused)', integerOption('--qmp-max-clients', 1, 65536), MAX_QMP_CLIENTS)
     .option('--qmp-max-pending <n>', "commands a QMP client may have queued; past it its socket is not read", integerOption('--qmp-max-pending', 1, 65536), MAX_PENDING_COMMANDS)
@@ -58,6 +66,8 @@ export function registerDaemonCommand(program: Command): void {
 async function runDaemon(opts: DaemonCommandOptions): Promise<void> {
   const daemon = new Daemon({
     bitmapDir: opts.bitmapDir,
+    bitmapCheckpointIntervalMs: opts.bitmapCheckpointInterval,
+    notice: (message) => process.stderr.write(`blockmirror daemon: ${message}\n`),
     qmpLimits: {
       maxClients: opts.qmpMaxClients,
       maxPendingCommands: opts.qmpMaxPending,

@@ -16,6 +16,7 @@ const COMMANDS: Record<string, () => Promise<Register>> = {
   serve: async () => (await import('./serveCommand.js')).registerServeCommand,
   bitmap: async () => (await import('./bitmapCommand.js')).registerBitmapCommand,
   verify: async () => (await import('./verifyCommand.js')).registerVerifyCommand,
+  status: async () => (await import('./statusCommand.js')).registerStatusCommand,
   daemon: async () => (await import('./daemonCommand.js')).registerDaemonCommand,
 };
 

@@ -8,12 +8,16 @@ import { ERROR_POLICIES, type ErrorPolicy } from '../job/errorPolicy.js';
 import { JobStatus } from '../job/JobStatus.js';
 import type { JobErrorEvent, JobOutcome, MirrorJob } from '../job/MirrorJob.js';
 import { startMirror } from '../job/startMirror.js';
+import { resumeMirror } from '../job/resumeMirror.js';
+import { recoverJobState } from '../state/recoverJobState.js';
+import type { JobStateRecord } from '../state/JobStateFile.js';
+import { DEFAULT_CHECKPOINT_INTERVAL_MS } from '../state/Checkpointer.js';
 import type { CopyMode } from '../job/TrackedDevice.js';
 import { DEFAULT_BUFFER_SIZE } from '../sched/tuning.js';
 import { formatBytes, formatDuration } from '../util/size.js';
 import { ExitCode, type ExitCodeValue } from './exitCodes.js';
 import { showMirrorProgress } from './mirrorProgress.js';
-import { addCopyTuningOptions, choiceOption, shareOption, sizeOption, type CopyTuningOptions } from './options.js';
+import { addCopyTuningOptions, choiceOption, integerOption, shareOption, sizeOption, type CopyTuningOptions } from './options.js';
 import { DEFAULT_MIN_COPY_SHARE } from '../sched/ChunkTuner.js';
 import { emitEvent, errorCode, reportError } from './output.js';
 import type { ConvergenceEvent } from '../job/MirrorController.js';
@@ -31,6 +35,9 @@ interface MirrorCommandOptions extends CopyTuningOptions {
   onSourceError: ErrorPolicy;
   onTargetError: ErrorPolicy;
   minCopyShare?: number;
+  state?: string;
+  resume?: string;
+  checkpointInterval?: number;
 }
 
 /** The signals the command acts on. */
@@ -45,9 +52,12 @@ export function registerMirrorCommand(program: Command): void {
         'mirror a live image to a target: copy it, keep the target in sync while it is written (through --export), ' +
           'switch over on SIGUSR1 or --complete-on-ready, cancel to a consistent copy on SIGINT',
       )
-      .argument('<source>', 'raw image file, block device, or NBD URI (opened read-write)')
-      .argument('<target>', 'file (created, sized to the source, if missing), block device, or NBD URI'),
+      .argument('[source]', 'raw image file, block device, or NBD URI (opened read-write); with --resume, the job\'s own')
+      .argument('[target]', 'file (created, sized to the source, if missing), block device, or NBD URI; with --resume, the job\'s own'),
   )
+    .option('--state <dir>', 'keep the job\'s bitmap, activity log and phase in DIR, so that after a crash `blockmirror status DIR` says which image is current and --resume DIR copies only what is left')
+    .option('--resume <dir>', 'resume the job of a state directory: copy what may differ, then carry on (nothing may have written the source meanwhile)')
+    .option('--checkpoint-interval <ms>', 'with --state: milliseconds between saves of the bitmap while it changes', integerOption('--checkpoint-interval', 10, 3_600_000), DEFAULT_CHECKPOINT_INTERVAL_MS)
     .option(
       '--export <uri>',
       'serve the source over NBD while it is mirrored, every write going through the job: nbd+unix:///NAME?socket=PATH, ' +
@@ -76,7 +86,7 @@ export function registerMirrorCommand(program: Command): void {
     .option('--min-copy-share <share>', 'share of its best rate the copy keeps while the application is over its latency target (0 to 1)', shareOption('--min-copy-share'), DEFAULT_MIN_COPY_SHARE)
     .addOption(choiceOption('--on-source-error <policy>', 'on a source read error: fail (report), retry (ignore), pause until SIGUSR2 (stop), stop on ENOSPC only (enospc)', ERROR_POLICIES, 'report'))
     .addOption(choiceOption('--on-target-error <policy>', 'on a target write or flush error, as --on-source-error', ERROR_POLICIES, 'report'))
-    .action(async (source: string, target: string, opts: MirrorCommandOptions) => {
+    .action(async (source: string | undefined, target: string | undefined, opts: MirrorCommandOptions) => {
       process.exitCode = await runMirror(source, target, opts);
     });
 }
@@ -263,16 +273,45 @@ function exitCodeOf(outcome: JobOutcome): ExitCodeValue {
   return ExitCode.FAILED;
 }
 
-async function runMirror(source: string, target: string, opts: MirrorCommandOptions): Promise<ExitCodeValue> {
+function usage(message: string): InvalidArgumentError {
+  return new InvalidArgumentError(ErrorCode.INVALID_OPTION, message);
+}
+
+/** What a resumed job starts from, said before it starts. */
+async function resumePoint(dir: string, report: MirrorReport): Promise<{ source: string; target: string; completing: boolean }> {
+  const recovered = await recoverJobState(dir);
+  const { state } = recovered;
+  const name = (l: JobStateRecord['source']): string => (typeof l === 'string' ? l : JSON.stringify(l));
+  if (!recovered.running && state.phase !== 'pivoted') {
+    report.say(
+      `resuming job ${state.id} of ${dir} (${state.phase}): ${formatBytes(recovered.leftBytes)} may differ ` +
+        `(${formatBytes(recovered.bitmapBytes)} in the bitmap, ${recovered.logExtents} extents in the activity log)`,
+    );
+    if (state.phase === 'completing') report.say('it was completing when it stopped: it completes once in sync');
+  }
+  return { source: name(state.source), target: name(state.target), completing: state.phase === 'completing' };
+}
+
+async function runMirror(givenSource: string | undefined, givenTarget: string | undefined, opts: MirrorCommandOptions): Promise<ExitCodeValue> {
   // A malformed export URI is a usage error, found before anything is opened or created.
   if (opts.export !== undefined) parseNbdUri(opts.export, { forListening: true });
+  if (opts.resume !== undefined) {
+    if (opts.state !== undefined) throw usage('--resume DIR keeps using DIR: --state goes with a new job only');
+    if (opts.sync !== 'full' || opts.bitmap !== undefined) throw usage('--resume copies what the state directory says: --sync and --bitmap go with a new job only');
+    if (opts.granularity !== undefined) throw usage('--resume keeps the job\'s granularity: --granularity goes with a new job only');
+  } else if (givenSource === undefined || givenTarget === undefined) {
+    throw usage('mirror needs a SOURCE and a TARGET (or --resume DIR)');
+  }
   if ((opts.sync === 'bitmap') !== (opts.bitmap !== undefined)) {
     throw new InvalidArgumentError(ErrorCode.INVALID_OPTION, '--sync bitmap and --bitmap FILE go together');
   }
   // The job tracks at the bitmap's granularity unless told otherwise (a bitmap of another one is refused).
   const granularity = opts.granularity ?? (opts.bitmap !== undefined ? (await readBitmapHeader(opts.bitmap)).granularity : undefined);
   const report = new MirrorReport(opts);
-  const run = new MirrorRun(report, opts.completeOnReady);
+  const resumed = opts.resume !== undefined ? await resumePoint(opts.resume, report) : undefined;
+  const source = resumed?.source ?? givenSource!;
+  const target = resumed?.target ?? givenTarget!;
+  const run = new MirrorRun(report, opts.completeOnReady || resumed?.completing === true);
   const onSignal = (signal: MirrorSignal): void => run.onSignal(signal);
   for (const s of SIGNALS) process.on(s, onSignal);
   try {
@@ -288,8 +327,12 @@ async function runMirror(source: string, target: string, opts: MirrorCommandOpti
       onSourceError: opts.onSourceError,
       onTargetError: opts.onTargetError,
       minCopyShare: opts.minCopyShare,
+      ...(opts.state !== undefined || opts.resume !== undefined ? { checkpointInterval: opts.checkpointInterval } : {}),
     };
-    const job = await startMirror({ source, target, direct: opts.direct, ...tuning });
+    const job =
+      opts.resume !== undefined
+        ? await resumeMirror({ state: opts.resume, source: givenSource, target: givenTarget, direct: opts.direct, ...withoutSyncOptions(tuning) })
+        : await startMirror({ source, target, direct: opts.direct, state: opts.state, ...tuning });
     run.attach(job);
     const view = job.device.asBlockDevice();
     let exported: { server: NbdServer; uri: string } | undefined;
@@ -300,7 +343,16 @@ async function runMirror(source: string, target: string, opts: MirrorCommandOpti
       await job.close();
       throw err;
     }
-    report.start({ source, target, size: job.size, export: exported?.uri ?? null, ...tuning, completeOnReady: opts.completeOnReady });
+    report.start({
+      source,
+      target,
+      size: job.size,
+      export: exported?.uri ?? null,
+      ...tuning,
+      completeOnReady: opts.completeOnReady,
+      state: opts.state ?? opts.resume ?? null,
+      resumed: opts.resume !== undefined,
+    });
     // The URI line is the contract scripts wait for (as with `blockmirror serve`): the export is up.
     if (exported && !opts.json) process.stdout.write(`serving ${source} (${formatBytes(job.size)}, mirrored to ${target}) at ${exported.uri}\n`);
     report.say(`mirroring ${source} to ${target} (${formatBytes(job.size)})`);
@@ -322,6 +374,12 @@ async function runMirror(source: string, target: string, opts: MirrorCommandOpti
   } finally {
     for (const s of SIGNALS) process.off(s, onSignal);
   }
+}
+
+/** A resumed job's options: its sync and granularity come from the state directory. */
+function withoutSyncOptions<T extends { sync: unknown; granularity: unknown }>(tuning: T): Omit<T, 'sync' | 'granularity'> {
+  const { sync: _sync, granularity: _granularity, ...rest } = tuning;
+  return rest;
 }
 
 /** Stops the export, answering the requests in progress, then flushes what they wrote. */

@@ -2,6 +2,7 @@ import type { DirtyBitmap } from '../bitmap/DirtyBitmap.js';
 import type { AllocationExtent, BlockDevice, DeviceSpec } from '../io/BlockDevice.js';
 import type { MirrorJob } from '../job/MirrorJob.js';
 import type { TrackedDevice } from '../job/TrackedDevice.js';
+import type { PersistentBitmapFiles } from './PersistentBitmapFiles.js';
 
 /** Block drivers the daemon knows (QEMU's names). */
 export type NodeDriver = 'file' | 'raw' | 'nbd';
@@ -13,9 +14,11 @@ export interface NodeBitmap {
   /** Saved to `path` when the daemon stops or the node is deleted, and loaded when it is opened again. */
   readonly persistent: boolean;
   readonly path: string | undefined;
+  /** A persistent bitmap's files: its bitmap file and the activity log every write marking it enters first. */
+  readonly files: PersistentBitmapFiles | undefined;
   /** False while disabled: writes do not mark it. */
   recording: boolean;
-  /** Loaded from a file that was in use when its writer stopped: all bits set, since some writes may be missing. */
+  /** Loaded from a file that was in use when its writer stopped, without a log to vouch for it: all bits set, since some writes may be missing. */
   readonly inconsistent: boolean;
 }
 
@@ -50,8 +53,11 @@ export interface NodeIo {
  * keeps three promises:
  * - while a mirror job copies this node, the write goes through the job's write interceptor, so
  *   the job sees it (marks it dirty, or writes it to the target too in write-blocking mode);
- * - after the write has completed (also after a failed one), it marks the recording dirty bitmaps
- *   of every node it reached: this node and the nodes below it;
+ * - before the write is let through, it has entered the activity log of every persistent
+ *   bitmap it will mark, and waited for the log's record where its extent was not hot yet; after
+ *   the write has completed (also after a failed one), it marks the recording dirty bitmaps of
+ *   every node it reached (this node and the nodes below it), then exits those logs. So a crash
+ *   at any point leaves the write's range in the bitmap file or in the log;
  * - once the job has pivoted, the write reaches the target node, and the target's bitmaps are
  *   marked instead. A write that was already in flight at the pivot may have gone to either side
  *   (the interceptor decides when it gets past the job's writer gate), so it marks both: a bitmap
@@ -159,23 +165,55 @@ export class BlockNode implements NodeIo {
   async #mutate(offset: number, length: number, op: Mutation): Promise<void> {
     const link = this.job;
     if (!link) {
+      const logs = this.bitmaps.size ? enterLogs([this], offset, length) : undefined;
       try {
+        if (logs?.durable) await logs.durable;
         await op.direct(this.#below());
       } finally {
         // After the write, as the job's interceptor does (invariant 1 of docs/architecture.md); a failed write may
         // have changed part of the range, so it marks too. The child marked its own bitmaps.
         this.markOwn(offset, length);
+        if (logs) for (const f of logs.files) f.exit(offset, length);
       }
       return;
     }
     const before = link.job.device.pivoted;
+    // The write may reach the target whatever `before` says (the pivot may come while it waits), so it enters the target's logs too.
+    const logs = enterLogs(before ? link.target.chain() : [...this.chain(), ...link.target.chain()], offset, length);
     try {
+      if (logs?.durable) await logs.durable;
       await op.viaJob(link.job.device);
     } finally {
       const after = link.job.device.pivoted;
       // The interceptor wrote the job's devices directly: mark every node each side's chain holds.
       if (!before) for (const n of this.chain()) n.markOwn(offset, length);
       if (after) for (const n of link.target.chain()) n.markOwn(offset, length);
+      if (logs) for (const f of logs.files) f.exit(offset, length);
     }
   }
+}
+
+/** The activity logs a write entered, and what to wait for before letting it through (none when every extent was hot). */
+interface EnteredLogs {
+  readonly files: readonly PersistentBitmapFiles[];
+  readonly durable: Promise<unknown> | undefined;
+}
+
+/**
+ * Enters the log of every persistent, recording bitmap of `nodes` for a write (a bitmap starts
+ * recording only while no write is in flight: see Bitmaps), or undefined when there is none.
+ */
+function enterLogs(nodes: readonly BlockNode[], offset: number, length: number): EnteredLogs | undefined {
+  let files: PersistentBitmapFiles[] | undefined;
+  let waits: Promise<void>[] | undefined;
+  for (const n of nodes) {
+    for (const b of n.bitmaps.values()) {
+      if (!b.recording || !b.files) continue;
+      const wait = b.files.enter(offset, length);
+      (files ??= []).push(b.files);
+      if (wait) (waits ??= []).push(wait);
+    }
+  }
+  if (!files) return undefined;
+  return { files, durable: waits && (waits.length === 1 ? waits[0] : Promise.all(waits)) };
 }

@@ -23,6 +23,10 @@ export const QMP_VERSION: QmpVersion = { qemu: { major: 8, minor: 2, micro: 0 },
 export interface DaemonOptions {
   /** Where persistent bitmaps are saved (default: next to each image). */
   readonly bitmapDir?: string;
+  /** Milliseconds between checkpoints of a persistent bitmap while it changes (default 2000). */
+  readonly bitmapCheckpointIntervalMs?: number;
+  /** Where the daemon tells its operator what happened to persistent bitmaps after a crash (default: process warnings). */
+  readonly notice?: (message: string) => void;
   readonly version?: QmpVersion;
   /** Limits on what each QMP client may make the daemon hold (default: qmp/QmpServer.ts's DEFAULT_QMP_LIMITS). */
   readonly qmpLimits?: Partial<QmpLimits>;
@@ -61,9 +65,9 @@ export class Daemon implements QmpDispatcher {
   constructor(options: DaemonOptions = {}) {
     this.version = options.version ?? QMP_VERSION;
     this.#qmpLimits = options.qmpLimits ?? {};
-    const store = new BitmapStore(options.bitmapDir);
+    const store = new BitmapStore(options.bitmapDir, { checkpointIntervalMs: options.bitmapCheckpointIntervalMs, notice: options.notice });
     this.graph = new BlockGraph(store);
-    this.bitmaps = new Bitmaps(this.graph, store);
+    this.bitmaps = new Bitmaps(this.graph, store, this.barrier);
     this.exports = new Exports(this.graph, this.barrier, (id) => this.emit('BLOCK_EXPORT_DELETED', { id }));
     this.jobs = new Jobs(this.graph, (name, data) => this.emit(name, data));
     this.stopped = new Promise((resolve) => (this.#stoppedWith = resolve));

@@ -3,6 +3,7 @@ import { DirtyExtentCursor } from '../bitmap/DirtyExtentCursor.js';
 import type { ExtentSource } from '../sched/ExtentSource.js';
 import type { RangeLocks } from './RangeLocks.js';
 import type { UnsafeTestHooks } from './TrackedDevice.js';
+import type { CopyPeriod, UnflushedCopies } from '../state/UnflushedCopies.js';
 
 /**
  * A mirror's work: dirty extents claimed from the bitmap (their bits cleared before the copy
@@ -16,10 +17,13 @@ export class GuardedDirtyExtents implements ExtentSource {
   readonly #cursor: DirtyExtentCursor;
   readonly #locks: RangeLocks;
   readonly #hooks: UnsafeTestHooks;
-  readonly #held = new Map<readonly number[], Array<() => void>>();
+  readonly #held = new Map<readonly number[], { releases: Array<() => void>; period: CopyPeriod | undefined }>();
+  readonly #unflushed: UnflushedCopies | undefined;
 
-  constructor(bitmap: DirtyBitmap, locks: RangeLocks, hooks: UnsafeTestHooks = {}) {
+  /** `unflushed`: with a state directory, where claimed ranges wait until the target has them durably. */
+  constructor(bitmap: DirtyBitmap, locks: RangeLocks, hooks: UnsafeTestHooks = {}, unflushed?: UnflushedCopies) {
     this.#bitmap = bitmap;
+    this.#unflushed = unflushed;
     this.#cursor = new DirtyExtentCursor(bitmap);
     this.#locks = locks;
     this.#hooks = hooks;
@@ -29,6 +33,7 @@ export class GuardedDirtyExtents implements ExtentSource {
     const claimed: number[] = [];
     const n = this.#cursor.take(claimed, maxExtents, maxBytes);
     const releases: Array<() => void> = [];
+    const start = out.length;
     let count = 0;
     for (let i = 0; i < 2 * n; i += 2) {
       const offset = claimed[i]!;
@@ -44,7 +49,7 @@ export class GuardedDirtyExtents implements ExtentSource {
       out.push(offset, length);
       count++;
     }
-    if (count > 0) this.#held.set(out, releases);
+    if (count > 0) this.#held.set(out, { releases, period: this.#unflushed?.claim(out.slice(start)) });
     return count;
   }
 
@@ -58,7 +63,10 @@ export class GuardedDirtyExtents implements ExtentSource {
         this.#bitmap.testAndClear(first, Math.min(end, this.#bitmap.bitCount) - first);
       }
     }
-    for (const release of this.#held.get(extents) ?? []) release();
+    const held = this.#held.get(extents);
+    if (!held) return;
+    for (const release of held.releases) release();
+    if (held.period) this.#unflushed!.finished(held.period);
     this.#held.delete(extents);
   }
 }

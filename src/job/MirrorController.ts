@@ -55,16 +55,22 @@ export interface MirrorControllerOptions {
 /** Decisions are taken this often, each from the window since the last. */
 export const CONTROL_INTERVAL_MS = 100;
 /**
- * Before ramping up, the copier crawls this long while the application's own p99 is measured: ten
- * windows, so that the median window can leave out the job's own start (its worker threads
- * starting up) and the writer's.
+ * The application's unloaded latency is learned in probes (as BBR's ProbeRTT drains its queue to
+ * see the path's own delay): the copy drops to a crawl for this long while the application's p99
+ * is measured, three windows, so that the median leaves out the first, in which the copies in
+ * flight drain. The copy runs at full speed between probes.
  */
-const BASELINE_MS = 1000;
-/** At least this many application writes make a baseline. */
+const PROBE_MS = 300;
+/** The first probe is five windows: the median also leaves out the job's own start (its worker threads starting up). */
+const FIRST_PROBE_MS = 500;
+/** A probe that has seen fewer application writes than this goes on, up to {@link PROBE_MAX_MS}. */
 const BASELINE_MIN_WRITES = 30;
-/** A window with this many application writes, and no target yet, starts a baseline measurement. */
+const PROBE_MAX_MS = 1000;
+/** While the application writes and there is copying to do, a probe every this often follows its latency as it drifts. */
+const PROBE_EVERY_MS = 10_000;
+/** A window with this many application writes, and no target yet, starts the first probe. */
 const BASELINE_TRIGGER_WRITES = 10;
-/** While the baseline is measured the copier crawls at this rate (bytes per second). */
+/** During a probe the copier crawls at this rate (bytes per second). */
 const BASELINE_PACE = 1 << 20;
 /** The default latency target is this multiple of the baseline p99. */
 const TARGET_OVER_BASELINE = 2;
@@ -94,7 +100,7 @@ const THROTTLE_RAISE_MARGIN = 1.5;
 /** ...and eases off once it cleans more than this multiple. */
 const THROTTLE_EASE_MARGIN = 3;
 
-/** A baseline measurement under way: since when, the writes seen, each window's p99 (µs). */
+/** A probe under way: since when, the writes seen, each window's p99 (µs). */
 interface Baseline {
   readonly since: number;
   writes: number;
@@ -107,9 +113,11 @@ interface Baseline {
  * The job's control loop (every 100 ms): feeds the chunk tuner and the convergence detector from
  * the last window, applies the tuner's chunk size and depth to the copier, acts on
  * non-convergence as the job's policy says, and drops a ready job back to running when its
- * backlog has grown past a second of copying. A measured latency target is measured again when
- * the application's writes change cost: after a switch to write-blocking, or when the copy held
- * at the tuner's floor leaves the application over the target for a second.
+ * backlog has grown past a second of copying. Without a target given, the application's unloaded
+ * latency is learned in short probes (the copy crawls for 0.3 s): once it starts writing, every
+ * 10 s while it writes and there is copying to do, and when its writes change cost (after a
+ * switch to write-blocking, or when the copy held at the tuner's floor leaves it over the target
+ * for a second).
  */
 export class MirrorController {
   /** The application's intercepted writes; the job's interceptors record into it. */
@@ -131,6 +139,8 @@ export class MirrorController {
   #switching = false;
   /** The latency target is measured (adaptive, and none given), so it may be measured again. */
   readonly #measuresTarget: boolean;
+  /** When the last probe ended (ms). */
+  #lastProbe = 0;
   /** Windows in a row with the application over the target and the copy at the tuner's floor. */
   #stuck = 0;
   /** The copy mode changed: measure the target again at the next window. */
@@ -200,6 +210,11 @@ export class MirrorController {
       this.#collectBaseline(nowMs, b, window.app);
       return;
     }
+    // The application's own latency may drift (another tenant, the page cache filling): probe again now and then.
+    if (b === 'done' && this.#measuresTarget && nowMs - this.#lastProbe >= PROBE_EVERY_MS && window.app.count >= BASELINE_TRIGGER_WRITES && window.backlogBytes > 0) {
+      this.#beginBaseline(nowMs);
+      return;
+    }
     const decision = this.#tuner.decide(window);
     this.#stuck = decision.reason === 'app-latency' && this.#tuner.atFloor ? this.#stuck + 1 : 0;
     if (this.#stuck >= STUCK_WINDOWS && this.#stuckMayRemeasure) {
@@ -230,7 +245,7 @@ export class MirrorController {
     });
   }
 
-  /** Holds the copier to a crawl while the application's own write latency is measured. */
+  /** A probe: the copier crawls while the application's own write latency is measured. */
   #beginBaseline(nowMs: number, stuckAt?: number): void {
     this.#remeasureDue = false;
     this.#baseline = { since: nowMs, writes: 0, p99s: [], ...(stuckAt === undefined ? {} : { stuckAt }) };
@@ -238,27 +253,32 @@ export class MirrorController {
     this.#o.copier.setPace(BASELINE_PACE);
   }
 
-  /** The application's p99 with the copier barely running, the median window's: the default target is twice it. */
+  /**
+   * The application's p99 with the copier barely running, the median window's: the default
+   * target is twice it. The copy then goes back to where the tuner had it (at first, full speed):
+   * a probe moves the target, not the copy, which slows down only if the application is hurt.
+   */
   #collectBaseline(nowMs: number, b: Baseline, app: LatencyStats): void {
     if (app.count > 0) {
       b.p99s.push(app.p99);
       b.writes += app.count;
     }
-    if (nowMs - b.since < BASELINE_MS) return;
-    this.#o.copier.setPace(undefined);
+    const elapsed = nowMs - b.since;
+    if (elapsed < (this.#lastProbe === 0 ? FIRST_PROBE_MS : PROBE_MS) || (b.writes < BASELINE_MIN_WRITES && elapsed < PROBE_MAX_MS)) return;
+    this.#lastProbe = nowMs;
+    this.#apply(this.#tuner.chunkSize, this.#tuner.queueDepth);
+    this.#o.copier.setPace(this.#tuner.pace);
     if (b.writes < BASELINE_MIN_WRITES) {
-      // Nobody is writing: copy at full speed, and measure once the application shows up.
-      this.#baseline = 'idle';
-      this.#tuner = new ChunkTuner(this.#o.limits, this.#o.initial);
+      // Too few writes to tell: keep what the tuner had, and measure once the application writes more.
+      if (this.#tuner.latencyTarget === undefined) this.#baseline = 'idle';
+      else this.#baseline = 'done';
       return;
     }
     this.#baseline = 'done';
-    // Ramp up from one chunk in flight, a step at a time, under the measured target.
-    const { chunkSize } = this.#o.initial;
     const p99s = b.p99s.sort((x, y) => x - y);
     const target = TARGET_OVER_BASELINE * p99s[p99s.length >> 1]!;
     if (b.stuckAt !== undefined && target <= SAME_TARGET * b.stuckAt) this.#stuckMayRemeasure = false;
-    this.#tuner = new ChunkTuner(this.#o.limits, { chunkSize, inFlight: chunkSize }, target);
+    this.#tuner.setLatencyTarget(target);
   }
 
   #apply(chunkSize: number, queueDepth: number): void {

@@ -9,6 +9,7 @@ import type { CopyFailure } from '../workers/CopyTask.js';
 import { GuardedDirtyExtents } from './GuardedDirtyExtents.js';
 import type { RangeLocks } from './RangeLocks.js';
 import type { UnsafeTestHooks } from './TrackedDevice.js';
+import type { UnflushedCopies } from '../state/UnflushedCopies.js';
 
 /** Once caught up, new writes are collected this long before they are copied, in coalesced batches. */
 const COALESCE_MS = 10;
@@ -41,6 +42,8 @@ export interface MirrorCopierOptions {
   readonly flushEvery: number;
   /** Called after every batch (progress, tuning). */
   readonly onBatch?: (outcome: BatchOutcome) => void;
+  /** With a state directory: claimed ranges are kept here until the target has them durably. */
+  readonly unflushed?: UnflushedCopies;
 }
 
 /**
@@ -70,7 +73,7 @@ export class MirrorCopier {
     this.#limiter = new RateLimiter(options.speed);
     this.#pacer = new WritebackPacer(options.flushTarget, options.flushEvery);
     this.#pool = options.runner;
-    this.#extents = new GuardedDirtyExtents(options.bitmap, options.locks, options.testHooks);
+    this.#extents = new GuardedDirtyExtents(options.bitmap, options.locks, options.testHooks, options.unflushed);
     this.#scheduler = new CopyScheduler({
       pool: this.#pool,
       source: options.source,

@@ -17,6 +17,8 @@ import type { RangeLocks } from './RangeLocks.js';
 import type { CopyMode, TrackedDevice, UnsafeTestHooks } from './TrackedDevice.js';
 import type { SharedTracker } from './TrackedWriter.js';
 import type { WriterGate } from './WriterGate.js';
+import type { JobStateStore } from '../state/JobStateStore.js';
+import type { JobPhase } from '../state/JobStateFile.js';
 
 /** A mirror job's progress. Sizes in bytes, rates in bytes per second. */
 export interface MirrorProgress {
@@ -92,6 +94,8 @@ export interface MirrorJobParts {
   readonly autoFinalize: boolean;
   readonly autoDismiss: boolean;
   readonly testHooks?: UnsafeTestHooks;
+  /** With a state directory: where the job records its phase, bitmap and activity log. */
+  readonly state?: JobStateStore;
   /** How the control loop tunes and converges (everything but the parts it is given here). */
   readonly control: Omit<MirrorControllerOptions, 'copier' | 'gate'>;
 }
@@ -196,6 +200,9 @@ export class MirrorJob extends EventEmitter<MirrorJobEvents> {
    * `TrackedWriter.open`). Their writes are tracked as background writes in either copy mode.
    */
   tracker(): SharedTracker {
+    if (this.#p.state) {
+      throw new JobError(ErrorCode.JOB_STATE, `job ${this.id} keeps state on disk: its writes go through job.device, on this thread, where the activity log sees them`);
+    }
     this.device.disallowClearingCovered();
     return {
       size: this.#p.size,
@@ -281,7 +288,11 @@ export class MirrorJob extends EventEmitter<MirrorJobEvents> {
    */
   async close(): Promise<void> {
     if (!this.#outcome) throw new JobError(ErrorCode.JOB_STATE, `job ${this.id} is still ${this.#status}; cancel or complete it first`);
-    await Promise.all(this.#p.ownedDevices.map((d) => d.close()));
+    try {
+      await this.#p.state?.close();
+    } finally {
+      await Promise.all(this.#p.ownedDevices.map((d) => d.close()));
+    }
   }
 
   /** @internal Quiesces this job's writers (transactions quiesce several jobs together). */
@@ -453,6 +464,7 @@ export class MirrorJob extends EventEmitter<MirrorJobEvents> {
     this.#transition(JobStatus.PENDING);
     if (!this.#p.autoFinalize) await new Promise<void>((resolve) => (this.#finalizeRequested = resolve));
     if (this.#outcome) return this.result;
+    if (kind === 'complete' && !(await this.#recordPhase('completing'))) return this.result;
     // Writers stay out from here on, so nothing new can be dirtied; only a failed copy re-marks.
     await gate.close();
     for (;;) {
@@ -470,6 +482,12 @@ export class MirrorJob extends EventEmitter<MirrorJobEvents> {
         return this.result;
       }
       if (copier.clean) break;
+    }
+    // The directory says "target current" before any write can reach the target alone; if that
+    // cannot be written, the source stays current and the job fails.
+    if (kind === 'complete' && !(await this.#recordPhase('pivoted'))) {
+      gate.open();
+      return this.result;
     }
     if (kind === 'complete') gate.pivot();
     gate.stopTracking();
@@ -502,7 +520,32 @@ export class MirrorJob extends EventEmitter<MirrorJobEvents> {
     }
   }
 
+  /**
+   * Records a phase in the state directory (if any) and waits until it is durable. A failure
+   * fails the job: the directory may no longer say where the job is. False then.
+   */
+  async #recordPhase(phase: JobPhase): Promise<boolean> {
+    if (!this.#p.state) return true;
+    try {
+      await this.#p.state.setPhase(phase);
+      return true;
+    } catch (err) {
+      await this.#abort(new JobError(ErrorCode.JOB_FAILED, `cannot record phase ${phase} in ${this.#p.state.dir}: ${String(err)}`, { cause: err }));
+      return false;
+    }
+  }
+
+  /** @internal A background checkpoint failed: the state directory no longer covers every write. */
+  handleStateError(err: unknown): void {
+    if (this.#outcome) return;
+    void this.#abort(new JobError(ErrorCode.JOB_FAILED, `cannot save the job's state in ${this.#p.state?.dir}: ${String(err)}`, { cause: err }));
+  }
+
   #conclude(outcome: JobOutcome): void {
+    if (this.#p.state && outcome.status !== 'completed') {
+      const consistent = outcome.status === 'cancelled' && outcome.consistent;
+      this.#p.state.setPhase('stopped', consistent).catch(() => undefined);
+    }
     this.#controller.stop();
     this.#outcome = outcome;
     this.#transition(JobStatus.CONCLUDED);
@@ -525,6 +568,10 @@ export class MirrorJob extends EventEmitter<MirrorJobEvents> {
     if (previous === to) return;
     if (!canTransition(previous, to)) throw new Error(`internal: job ${this.id} cannot go from ${previous} to ${to}`);
     this.#status = to;
+    // Ready, and back to copying when a ready job falls behind: worth knowing after a crash, not worth waiting for.
+    if (to === JobStatus.READY || (to === JobStatus.RUNNING && previous === JobStatus.READY)) {
+      this.#p.state?.setPhase(to === JobStatus.READY ? 'ready' : 'copying').catch((err: unknown) => this.handleStateError(err));
+    }
     this.emit('status-change', { status: to, previous });
   }
 }

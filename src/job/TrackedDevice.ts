@@ -5,6 +5,14 @@ import type { BlockDevice } from '../io/BlockDevice.js';
 import type { RangeLocks } from './RangeLocks.js';
 import type { WriterGate } from './WriterGate.js';
 import { preemption } from '../util/preemption.js';
+import type { ActivityLog } from '../state/ActivityLog.js';
+import type { UnflushedCopies } from '../state/UnflushedCopies.js';
+
+/** A job with state on disk: writes are logged before they are let through, copies kept until flushed. */
+export interface WriteJournal {
+  readonly log: ActivityLog;
+  readonly unflushed: UnflushedCopies;
+}
 
 /** How intercepted writes reach the target. */
 export type CopyMode = 'background' | 'write-blocking';
@@ -42,6 +50,8 @@ export interface TrackedDeviceParts {
   readonly locks: RangeLocks;
   readonly listener: TrackedDeviceListener;
   readonly copyMode: CopyMode;
+  /** With a state directory: the activity log every tracked write enters first. */
+  readonly journal?: WriteJournal;
   readonly testHooks?: UnsafeTestHooks;
 }
 
@@ -52,7 +62,11 @@ export interface TrackedDeviceParts {
  * mode it waits for overlapping copies and writes (invariant 3), goes to source and target
  * together, and is acknowledged only when both have it; a write whose granules are all still
  * dirty goes to the source alone, as in background mode, since the copier has yet to copy them
- * anyway. Once the job has ended, writes pass straight through.
+ * anyway. Once the job has ended, writes pass straight through (a job with a state directory
+ * keeps marking its bitmap until closed, unless it pivoted).
+ *
+ * With a state directory every tracked write first enters the activity log, and is let through
+ * only once its extent is durably logged (at once when it is hot).
  */
 export class TrackedDevice {
   readonly size: number;
@@ -164,13 +178,21 @@ export class TrackedDevice {
     op: (dev: BlockDevice) => Promise<void>,
     options: { background?: boolean } = {},
   ): Promise<void> {
-    const { gate } = this.#p;
+    const { gate, journal } = this.#p;
     const started = performance.now();
     await gate.enter();
     try {
-      if (!gate.tracking) await op(this.#current);
-      else if (this.#mode === 'write-blocking' && !options.background) await this.#writeBlocking(offset, length, op);
-      else await this.#writeBackground(offset, length, op);
+      if (!gate.tracking && !(journal && !gate.pivoted)) await op(this.#current);
+      else {
+        const entered = journal?.log.enter(offset, length);
+        try {
+          if (entered) await entered;
+          if (gate.tracking && this.#mode === 'write-blocking' && !options.background) await this.#writeBlocking(offset, length, op);
+          else await this.#writeBackground(offset, length, op);
+        } finally {
+          journal?.log.exit(offset, length);
+        }
+      }
     } finally {
       gate.exit();
     }
@@ -218,6 +240,8 @@ export class TrackedDevice {
         listener.onTargetWriteError(toIoError((dst as PromiseRejectedResult).reason, 'write', target.description, offset, length));
         return;
       }
+      // The target has it, not necessarily durably: a checkpoint still counts it dirty until flushed.
+      this.#p.journal?.unflushed.written(offset, length);
       if (this.#clearCovered) this.#clearCoveredGranules(offset, length);
     } finally {
       release();

@@ -1,6 +1,6 @@
 import { DirtyBitmap, MAX_GRANULARITY, MIN_GRANULARITY } from '../bitmap/DirtyBitmap.js';
 import { loadBitmap } from '../bitmap/BitmapFile.js';
-import { BitmapError, ErrorCode, InvalidArgumentError } from '../errors.js';
+import { BitmapError, ErrorCode, InvalidArgumentError, StateError } from '../errors.js';
 import type { BlockDevice, DeviceSpec } from '../io/BlockDevice.js';
 import { checkLocationOrSpec, deviceSpecFor, describeValue } from '../io/location.js';
 import { openDevice } from '../io/openDevice.js';
@@ -15,6 +15,10 @@ import { MirrorJob } from './MirrorJob.js';
 import { RangeLocks } from './RangeLocks.js';
 import { TrackedDevice, type CopyMode, type UnsafeTestHooks } from './TrackedDevice.js';
 import { WriterGate } from './WriterGate.js';
+import { resolve } from 'node:path';
+import { isNbdUri } from '../io/nbd/NbdUri.js';
+import { JobStateStore } from '../state/JobStateStore.js';
+import { readJobState } from '../state/JobStateFile.js';
 
 export { DEFAULT_BUFFER_SIZE };
 /** The tuner's largest chunk. */
@@ -97,8 +101,25 @@ export interface MirrorOptions {
    */
   readonly sourceDevice?: BlockDevice;
   readonly targetDevice?: BlockDevice;
+  /**
+   * A state directory (created if missing) where the job keeps its bitmap, activity log and phase,
+   * so that after a crash `recoverJobState` says which image is current and `resumeMirror` copies
+   * only what is left. It must not hold another job's state already (`BM_ERR_STATE_EXISTS`).
+   */
+  readonly state?: string;
+  /** With `state`: milliseconds between checkpoints of the bitmap while it changes (default 2000). */
+  readonly checkpointInterval?: number;
+  /** With `state`: bytes per activity-log extent (default 4 MiB). */
+  readonly logExtentSize?: number;
   /** @internal Broken orders for tests of the stress test. */
   readonly unsafeTestHooks?: UnsafeTestHooks;
+}
+
+/** @internal What `resumeMirror` hands `startMirror`: the recovered generation. */
+export interface ResumePoint {
+  readonly generation: number;
+  /** The image size the state is for. */
+  readonly size: number;
 }
 
 let jobCounter = 0;
@@ -144,6 +165,11 @@ function checkOptions(o: MirrorOptions): {
   if (o.minCopyShare !== undefined && !(o.minCopyShare >= 0 && o.minCopyShare <= 1)) {
     throw invalid(`minCopyShare must be a share from 0 to 1, not ${o.minCopyShare}`);
   }
+  if (o.state !== undefined && (typeof o.state !== 'string' || o.state === '')) throw invalid(`state must be a directory path, not ${describeValue(o.state)}`);
+  if (o.checkpointInterval !== undefined && !(o.checkpointInterval >= 10)) throw invalid(`checkpointInterval must be at least 10 ms, not ${o.checkpointInterval}`);
+  if (o.logExtentSize !== undefined && (!isPowerOfTwo(o.logExtentSize) || o.logExtentSize < 4096 || o.logExtentSize > 1 << 30)) {
+    throw invalid(`logExtentSize must be a power of two from 4K to 1G, not ${o.logExtentSize}`);
+  }
   if (o.readyBacklogSeconds !== undefined && !(o.readyBacklogSeconds > 0)) {
     throw invalid(`readyBacklogSeconds must be positive, not ${o.readyBacklogSeconds}`);
   }
@@ -166,6 +192,27 @@ async function startBitmap(o: MirrorOptions, size: number, granularity: number):
   return bitmap;
 }
 
+/** A fresh job may not take over a directory that holds a job's state (resume that instead). */
+async function refuseExistingState(dir: string): Promise<void> {
+  let existing;
+  try {
+    existing = await readJobState(dir);
+  } catch (err) {
+    if (err instanceof StateError && err.code === ErrorCode.STATE_MISSING) return;
+    throw err;
+  }
+  throw new StateError(
+    ErrorCode.STATE_EXISTS,
+    `${dir} already holds the state of job ${existing.id} (${existing.phase})`,
+    `resume it (blockmirror mirror --resume ${dir}), or remove the directory to start over`,
+  );
+}
+
+/** A location as the state directory keeps it: paths made absolute, so a resume from elsewhere finds them. */
+function storedLocation(location: string | DeviceSpec): string | DeviceSpec {
+  return typeof location === 'string' && !isNbdUri(location) ? resolve(location) : location;
+}
+
 async function openOwned(spec: DeviceSpec, opened: BlockDevice[]): Promise<BlockDevice> {
   const device = await openDevice(spec);
   opened.push(device);
@@ -177,17 +224,27 @@ async function openOwned(spec: DeviceSpec, opened: BlockDevice[]): Promise<Block
  * application's I/O through `job.device` (or, on other threads, through `job.tracker()`).
  */
 export async function startMirror(options: MirrorOptions): Promise<MirrorJob> {
+  return startMirrorAt(options, undefined);
+}
+
+/** @internal {@link startMirror}, or a resume of the job of `options.state` when `resume` is given. */
+export async function startMirrorAt(options: MirrorOptions, resume: ResumePoint | undefined): Promise<MirrorJob> {
   if (typeof options !== 'object' || options === null) {
     throw invalid(`startMirror takes one options object ({ source, target, ... }), not ${describeValue(options)}`);
   }
   const tuning = checkOptions(options);
+  if (options.state !== undefined && !resume) await refuseExistingState(options.state);
   const sourceLocation = checkLocationOrSpec(options.source, 'source');
   const targetLocation = checkLocationOrSpec(options.target, 'target');
   const sourceSpec =
     typeof sourceLocation === 'string' ? deviceSpecFor(sourceLocation, { role: 'source', writable: true, direct: options.direct }) : sourceLocation;
   const opened: BlockDevice[] = [];
+  let state: JobStateStore | undefined;
   try {
     const source = options.sourceDevice ?? (await openOwned(sourceSpec, opened));
+    if (resume && source.size !== resume.size) {
+      throw new StateError(ErrorCode.STATE_MISMATCH, `${source.description} is now ${source.size} bytes; the state of ${options.state} is for a ${resume.size}-byte image`);
+    }
     const targetSpec =
       typeof targetLocation === 'string' ? deviceSpecFor(targetLocation, { role: 'target', writable: true, direct: options.direct }) : targetLocation;
     if (!options.targetDevice) await prepareTarget(targetSpec, sourceSpec, source.size);
@@ -200,6 +257,22 @@ export async function startMirror(options: MirrorOptions): Promise<MirrorJob> {
     const locks = new RangeLocks();
     // The job and its parts refer to each other through these callbacks.
     let job: MirrorJob | undefined;
+    const id = options.id ?? `mirror-${++jobCounter}`;
+    state =
+      options.state === undefined
+        ? undefined
+        : await JobStateStore.open({
+            dir: options.state,
+            id,
+            source: storedLocation(sourceLocation),
+            target: storedLocation(targetLocation),
+            bitmap,
+            generation: resume?.generation ?? 0,
+            extentSize: options.logExtentSize,
+            checkpointIntervalMs: options.checkpointInterval,
+            flushTarget: () => target.flush(),
+            onError: (err) => job?.handleStateError(err),
+          });
     const device = new TrackedDevice({
       source,
       target,
@@ -207,6 +280,7 @@ export async function startMirror(options: MirrorOptions): Promise<MirrorJob> {
       gate,
       locks,
       copyMode: options.copyMode ?? 'background',
+      journal: state,
       testHooks: options.unsafeTestHooks,
       listener: {
         onDirtied: () => job?.notifyDirty(),
@@ -229,9 +303,10 @@ export async function startMirror(options: MirrorOptions): Promise<MirrorJob> {
       flushTarget: () => target.flush(),
       flushEvery: DEFAULT_FLUSH_EVERY,
       onFailures: (failed) => job?.handleCopyFailures(failed),
+      unflushed: state?.unflushed,
     });
     job = new MirrorJob({
-      id: options.id ?? `mirror-${++jobCounter}`,
+      id,
       size: source.size,
       sourceSpec,
       targetSpec,
@@ -248,6 +323,7 @@ export async function startMirror(options: MirrorOptions): Promise<MirrorJob> {
       autoFinalize: options.autoFinalize ?? true,
       autoDismiss: options.autoDismiss ?? true,
       testHooks: options.unsafeTestHooks,
+      state,
       control: {
         workers: plan.inline ? 1 : tuning.workers,
         limits: {
@@ -267,6 +343,10 @@ export async function startMirror(options: MirrorOptions): Promise<MirrorJob> {
     job.start();
     return job;
   } catch (err) {
+    if (state) {
+      await state.setPhase('stopped', false).catch(() => undefined);
+      await state.close().catch(() => undefined);
+    }
     await Promise.all(opened.map((d) => d.close()));
     throw err;
   }

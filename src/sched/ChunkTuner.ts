@@ -158,6 +158,12 @@ export class ChunkTuner {
     return this.#target;
   }
 
+  /** A new target (a probe measured the application again); the knobs stay where they are. */
+  setLatencyTarget(micros: number): void {
+    this.#target = micros;
+    this.#lastThroughput = undefined;
+  }
+
   decide(w: TunerWindow): TuningDecision {
     if (w.meanExtentBytes !== undefined && w.meanExtentBytes > 0) this.#extentBytes = w.meanExtentBytes;
     const throughput = w.seconds > 0 ? w.bytesCopied / w.seconds : 0;

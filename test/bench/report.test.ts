@@ -77,6 +77,32 @@ describe('bench:report', () => {
     expect(new Set(sparse.map((r) => r.cache))).toEqual(new Set(['not dropped', 'cold']));
   });
 
+  it('reads a bench:qmp report with writer profiles as one row per image size and writer', () => {
+    const rows = rowsFromReport(
+      {
+        kind: 'qmp',
+        date: '2026-12-01T10:00:00Z',
+        machine,
+        sizes: [512 * 1024 * 1024, 4 * GiB],
+        writers: ['no writer', '3000 IOPS'],
+        runs: 1,
+        fioSeconds: 15,
+        results: [
+          { daemon: 'blockmirror', size: 4 * GiB, writer: 'no writer', readySeconds: 3 },
+          { daemon: 'qemu-storage-daemon', size: 4 * GiB, writer: 'no writer', readySeconds: 2 },
+          { daemon: 'blockmirror', size: 4 * GiB, writer: '3000 IOPS', readySeconds: 5 },
+          { daemon: 'qemu-storage-daemon', size: 4 * GiB, writer: '3000 IOPS', readySeconds: 4 },
+        ],
+      },
+      'q.json',
+    );
+    expect(rows.map((r) => [r.image, r.blockmirror, r.peerMedian])).toEqual([
+      ['4 GiB, a quarter holes, no writer', 3, 2],
+      ['4 GiB, a quarter holes, fio writing, 3000 IOPS', 5, 4],
+    ]);
+    expect(rows[0]!.command).toBe('npm run bench:qmp -- --sizes 512M,4G --writers none,3000 --runs 1 --fio-seconds 15 --json q.json');
+  });
+
   it('reads bench:qmp and bench:nbd reports, and leaves out reports without a peer', () => {
     const qmp = rowsFromReport(
       {

@@ -174,7 +174,7 @@ describe('blockmirror mirror', () => {
     it('a missing argument: exit 1', async () => {
       const run = await runCli(['mirror', 'only-one.img']);
       expect(run.code).toBe(1);
-      expect(run.stderr).toContain('missing required argument');
+      expect(run.stderr).toContain('needs a SOURCE and a TARGET');
     });
   });
 

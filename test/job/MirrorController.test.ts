@@ -242,6 +242,44 @@ describe('MirrorController', () => {
     expect(c.latencyTargetMicros).toBeCloseTo(2000, -2);
   });
 
+  it('after the first probe, goes back to full speed: the target moves, not the copy', () => {
+    const job = new FakeJob();
+    job.backlogBytes = 1e12;
+    const { c, paces, copier } = measuringController(job);
+    tickWithLatency(c, 0, 700, 200);
+    expect(c.latencyTargetMicros).toBeCloseTo(400, -1);
+    expect(paces.at(-1)).toBeUndefined();
+    const { chunkSize, queueDepth } = copier.scheduler.options;
+    expect(chunkSize * queueDepth).toBe(16 * MiB); // the whole buffer in flight, as before the probe
+  });
+
+  it('probes again every 10 s while the application writes, following its unloaded latency as it drifts', () => {
+    const job = new FakeJob();
+    job.backlogBytes = 1e12;
+    const { c } = measuringController(job);
+    let t = tickWithLatency(c, 0, 5000, 200);
+    expect(c.latencyTargetMicros).toBeCloseTo(400, -1);
+    t = tickWithLatency(c, t, 9000, 300); // slower, but under the target: nothing to back off from
+    expect(c.latencyTargetMicros).toBeCloseTo(400, -1);
+    tickWithLatency(c, t, 12_000, 300);
+    expect(c.latencyTargetMicros).toBeCloseTo(600, -1);
+  });
+
+  it('holds the copy back in probes for a few percent of the time under a steady writer', () => {
+    const job = new FakeJob();
+    job.backlogBytes = 1e12;
+    const { c, paces } = measuringController(job);
+    let crawling = 0;
+    let windows = 0;
+    for (let t = 0; t <= 60_000; t += 100) {
+      for (let i = 0; i < 20; i++) c.appLatency.record(200);
+      c.tick(t);
+      windows++;
+      if (paces.at(-1) === 1 << 20) crawling++;
+    }
+    expect(crawling / windows).toBeLessThanOrEqual(0.05);
+  });
+
   it('measures the baseline over a median window, so a slow start does not raise the target', () => {
     const job = new FakeJob();
     job.backlogBytes = 1e12;

@@ -67,7 +67,7 @@ async function transaction(a: TransactionArgs, { daemon }: CommandContext): Prom
   // and the jobs close their writer gates.
   await daemon.barrier.quiesce();
   try {
-    await prepared.commit();
+    await prepared.commit({ writesHeld: true });
     await Promise.all([daemon.jobs.together('complete', complete), daemon.jobs.together('cancel', cancel), daemon.jobs.together('cancel', forceCancel, true)]);
   } finally {
     daemon.barrier.release();
