@@ -5,9 +5,9 @@
  *
  *   npm run bench:report [-- --results DIR] [--doc FILE] [--check]
  *
- * Reads the `--json` output of bench:copy (`kind: 'copy'`), bench:qmp (`kind: 'qmp'`) and
- * bench:nbd (no kind: `copy` and `serve` maps of timings); bench:mirror's files (`kind: 'mirror'`)
- * have no peer and are left out. The table goes between `<!-- bench:report start -->` and
+ * Reads the `--json` output of bench:copy (`kind: 'copy'`), bench:qmp (`kind: 'qmp'`),
+ * bench:verify (`kind: 'verify'`) and bench:nbd (no kind: `copy` and `serve` maps of timings);
+ * the files of bench:mirror, bench:state and bench:replication have no peer and are left out. The table goes between `<!-- bench:report start -->` and
  * `<!-- bench:report end -->` in the document (inserted after its first paragraph if missing);
  * nothing else in it changes. `--check` writes nothing and exits 1 if the table is out of date.
  */
@@ -228,13 +228,51 @@ function nbdRows(report: NbdBenchReport, file: string): SummaryRow[] {
   return rows;
 }
 
+/** What bench:verify writes: each tool's runs per cache. */
+interface VerifyBenchReport {
+  readonly kind: 'verify';
+  readonly date: string;
+  readonly machine: MachineInfo;
+  readonly size: number;
+  readonly rounds: number;
+  readonly results: ReadonlyArray<{ readonly tool: string; readonly cache: string; readonly medianSeconds: number; readonly medianCpu: number }>;
+}
+
+function verifyRows(report: VerifyBenchReport, file: string): SummaryRow[] {
+  const rows: SummaryRow[] = [];
+  const caches = [...new Set(report.results.map((r) => r.cache))];
+  for (const cache of caches) {
+    const mine = report.results.find((r) => r.cache === cache && r.tool === 'blockmirror verify');
+    const peer = report.results.find((r) => r.cache === cache && r.tool === 'qemu-img compare');
+    if (!mine || !peer) continue;
+    rows.push({
+      benchmark: 'verify, identical images',
+      image: `${sizeText(report.size)} random`,
+      cache,
+      peer: 'qemu-img compare',
+      blockmirror: mine.medianSeconds,
+      peerMedian: peer.medianSeconds,
+      cpuRatio: peer.medianCpu > 0 ? mine.medianCpu / peer.medianCpu : undefined,
+      ...datesOf(report, file),
+      machine: machineText(report.machine),
+      command: `npm run bench:verify -- --size ${sizeArgument(report.size)} --rounds ${report.rounds} --caches ${caches.join(',')} --json ${file}`,
+      order: [3, report.size, indexOr(CACHE_ORDER, cache)],
+    });
+  }
+  return rows;
+}
+
+/** Benchmarks with no peer to compare with: their figures are in the notes of perf.md, not in the summary. */
+const KINDS_WITHOUT_PEERS = ['mirror', 'state', 'replication'];
+
 /** The rows one benchmark JSON file gives (none for a kind without peers); `file` as the command should name it. */
 export function rowsFromReport(report: unknown, file: string): SummaryRow[] {
   if (typeof report !== 'object' || report === null) throw new Error(`${file}: not a JSON object`);
   const r = report as { kind?: unknown; results?: unknown; copy?: unknown; serve?: unknown };
   if (r.kind === 'copy' && Array.isArray(r.results)) return copyRows(report as CopyBenchReport, file);
   if (r.kind === 'qmp' && Array.isArray(r.results)) return qmpRows(report as QmpBenchReport, file);
-  if (r.kind === 'mirror') return [];
+  if (r.kind === 'verify' && Array.isArray(r.results)) return verifyRows(report as VerifyBenchReport, file);
+  if (typeof r.kind === 'string' && KINDS_WITHOUT_PEERS.includes(r.kind)) return [];
   if (r.kind === undefined && typeof r.copy === 'object' && typeof r.serve === 'object') return nbdRows(report as NbdBenchReport, file);
   throw new Error(`${file}: not a benchmark report this script reads (kind ${JSON.stringify(r.kind)})`);
 }

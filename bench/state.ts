@@ -117,7 +117,7 @@ async function main(): Promise<void> {
     ),
   );
   console.log(`with state / without: ${(withState.iops / without.iops).toFixed(2)} × the IOPS (medians of ${values.rounds} alternating rounds)`);
-  if (values.json) await writeFile(values.json, `${JSON.stringify({ bench: 'state', size, options, machine: machineInfo(dir), runs, summary }, null, 2)}\n`);
+  if (values.json) await writeFile(values.json, `${JSON.stringify({ kind: 'state', date: new Date().toISOString(), size, options, machine: machineInfo(dir), runs, summary }, null, 2)}\n`);
 }
 
 await main();

@@ -93,7 +93,7 @@ async function main(): Promise<void> {
     await rm(b, { force: true });
   }
   console.log(markdownTable(['tool', 'cache', 'median s', 'runs (s)', 'CPU-s', 'rate', 'speed / qemu-img'], rows));
-  if (values.json) await writeFile(values.json, `${JSON.stringify({ bench: 'verify', size, rounds, machine: machineInfo(values.dir!), results }, null, 2)}\n`);
+  if (values.json) await writeFile(values.json, `${JSON.stringify({ kind: 'verify', date: new Date().toISOString(), size, rounds, machine: machineInfo(values.dir!), results }, null, 2)}\n`);
 }
 
 await main();

@@ -69,6 +69,10 @@ export const ErrorCode = {
   STATE_EXISTS: 'BM_ERR_STATE_EXISTS',
   /** Another live process is running the job of this state directory. */
   STATE_IN_USE: 'BM_ERR_STATE_IN_USE',
+  /** A control socket (a replica's, a daemon's QMP monitor) could not be reached, or went away, or did not answer in time. */
+  CONTROL_CONNECTION: 'BM_ERR_CONTROL_CONNECTION',
+  /** A command on a control socket got an error reply. */
+  CONTROL_REPLY: 'BM_ERR_CONTROL_REPLY',
   /** A job verb was used in a state that does not allow it. */
   JOB_STATE: 'BM_ERR_JOB_STATE',
   /** The job failed (its error policy was `report`); `cause` holds the I/O error. */

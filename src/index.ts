@@ -39,6 +39,19 @@ export type { ActivityLogOptions } from './state/ActivityLog.js';
 export { ACTIVITY_LOG_MAGIC, ACTIVITY_LOG_VERSION, readActivityLog } from './state/ActivityLogFile.js';
 export type { ActivityLogContents, ActivityLogHeader } from './state/ActivityLogFile.js';
 export { DEFAULT_CHECKPOINT_INTERVAL_MS } from './state/Checkpointer.js';
+/**
+ * Continuous replication (docs/replication.md): {@link Replication} is the primary (a mirror per
+ * disk to its secondary's export, checkpoints across all disks at one instant, outages ridden
+ * out); {@link Replica} is the secondary (copy-before-write into a checkpoint buffer, failover to
+ * the last checkpoint or the latest write, drills).
+ */
+export { DEFAULT_CHECKPOINT_TIMEOUT_MS, RECONNECT_MAX_MS, RECONNECT_MIN_MS, Replication } from './replication/Replication.js';
+export type { CheckpointResult, ReplicationDisk, ReplicationEvents, ReplicationOptions, ReplicationState, ReplicationStatus } from './replication/Replication.js';
+export { Replica } from './replica/Replica.js';
+export type { DrillStatus, FailoverResult, ReplicaCheckpoint, ReplicaEventName, ReplicaOptions, ReplicaStatus } from './replica/Replica.js';
+export { DEFAULT_REPLICA_GRANULARITY, MAX_REPLICA_GRANULARITY, MIN_REPLICA_GRANULARITY } from './replica/CheckpointBuffer.js';
+/** A QMP client for control sockets (a replica's, a daemon's monitor). */
+export { DEFAULT_QMP_CLIENT_TIMEOUT_MS, QmpClient, QmpReplyError } from './control/qmp/QmpClient.js';
 export { MirrorJob } from './job/MirrorJob.js';
 export type { JobErrorEvent, JobOutcome, MirrorJobEvents, MirrorProgress } from './job/MirrorJob.js';
 export { TrackedDevice } from './job/TrackedDevice.js';

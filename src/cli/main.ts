@@ -18,6 +18,8 @@ const COMMANDS: Record<string, () => Promise<Register>> = {
   verify: async () => (await import('./verifyCommand.js')).registerVerifyCommand,
   status: async () => (await import('./statusCommand.js')).registerStatusCommand,
   daemon: async () => (await import('./daemonCommand.js')).registerDaemonCommand,
+  replica: async () => (await import('./replicaCommand.js')).registerReplicaCommand,
+  replicate: async () => (await import('./replicateCommand.js')).registerReplicateCommand,
 };
 
 /** The command tree: the named command alone, or every command (for help, or a name it does not know). */

@@ -3,6 +3,7 @@ import { FileDevice } from '../io/FileDevice.js';
 import { serveNbd } from '../io/nbd/NbdServer.js';
 import { formatBytes } from '../util/size.js';
 import { emitEvent } from './output.js';
+import { untilSignal } from './untilSignal.js';
 
 /** Options of `blockmirror serve`, as commander parses them. */
 interface ServeCommandOptions {
@@ -51,19 +52,4 @@ async function runServe(image: string, opts: ServeCommandOptions): Promise<void>
   } finally {
     await device.close();
   }
-}
-
-/** Resolves with the name of the first SIGINT or SIGTERM; a second one exits at once. */
-function untilSignal(): Promise<NodeJS.Signals> {
-  return new Promise((resolve) => {
-    const onSignal = (signal: NodeJS.Signals): void => {
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
-      process.once('SIGINT', () => process.exit(130));
-      process.once('SIGTERM', () => process.exit(143));
-      resolve(signal);
-    };
-    process.on('SIGINT', onSignal);
-    process.on('SIGTERM', onSignal);
-  });
 }

@@ -121,6 +121,8 @@ export class MirrorJob extends EventEmitter<MirrorJobEvents> {
   #finalizeRequested: (() => void) | undefined;
   #resumeWaiters: Array<() => void> = [];
   #pauseWaiters: Array<() => void> = [];
+  /** Quiesces held from outside (transactions, checkpoints): the job's own gate toggles leave writers held meanwhile. */
+  #holds = 0;
   readonly #controller: MirrorController;
 
   constructor(parts: MirrorJobParts) {
@@ -267,7 +269,7 @@ export class MirrorJob extends EventEmitter<MirrorJobEvents> {
     // No background write may still be in flight when write-blocking writes start taking locks.
     await this.#p.gate.close();
     this.device.setCopyMode(mode);
-    this.#p.gate.open();
+    this.#openGate();
   }
 
   /** With `autoFinalize: false`, a completed job waits in `pending` until this is called. */
@@ -295,14 +297,57 @@ export class MirrorJob extends EventEmitter<MirrorJobEvents> {
     }
   }
 
-  /** @internal Quiesces this job's writers (transactions quiesce several jobs together). */
+  /** @internal Quiesces this job's writers (transactions quiesce several jobs together). Pair with {@link unquiesce}. */
   quiesce(): Promise<void> {
+    this.#holds++;
     return this.#p.gate.close();
   }
 
-  /** @internal Lets this job's writers go again. */
+  /** @internal Lets this job's writers go again, once no other quiesce holds them. */
   unquiesce(): void {
-    this.#p.gate.open();
+    this.#holds = Math.max(0, this.#holds - 1);
+    this.#openGate();
+  }
+
+  /** Opens the writer gate unless a quiesce (a transaction, a checkpoint) still holds it. */
+  #openGate(): void {
+    if (this.#holds === 0) this.#p.gate.open();
+  }
+
+  /**
+   * @internal With writers quiesced: copies what is left and (unless `flush` is false: the caller
+   * makes it durable itself, as a replica's checkpoint does) flushes the target, so that the
+   * target holds every write acknowledged before the quiesce. Rejects if that takes longer than
+   * `timeoutMs` (a target that went away), or the job ends meanwhile.
+   */
+  async drainQuiesced(timeoutMs: number, options: { flush?: boolean } = {}): Promise<void> {
+    const { copier, target } = this.#p;
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new JobError(ErrorCode.JOB_STATE, `job ${this.id}: the target did not take the backlog within ${timeoutMs} ms`)), timeoutMs);
+    });
+    const ended = this.result.then(() => {
+      throw new JobError(ErrorCode.JOB_STATE, `job ${this.id} ended during a checkpoint`);
+    });
+    try {
+      for (;;) {
+        await Promise.race([copier.whenClean(), late, ended]);
+        if (options.flush !== false) await Promise.race([target.flush(), late, ended]);
+        if (copier.clean) return;
+      }
+    } finally {
+      clearTimeout(timer);
+      ended.catch(() => {});
+    }
+  }
+
+  /**
+   * @internal Marks a range dirty again: the target lost it (writes a lost connection had not
+   * flushed). The copier copies it again.
+   */
+  markDirty(offset: number, length: number): void {
+    this.#p.bitmap.mark(offset, length);
+    this.#p.copier.notify();
   }
 
   /** @internal Called by the copier with failed extents (already marked dirty again). */
@@ -389,7 +434,7 @@ export class MirrorJob extends EventEmitter<MirrorJobEvents> {
           this.emit('ready', { len: p.len, offset: p.offset });
         }
       } finally {
-        gate.open();
+        this.#openGate();
       }
     }
   }
@@ -470,13 +515,13 @@ export class MirrorJob extends EventEmitter<MirrorJobEvents> {
     for (;;) {
       await Promise.race([copier.whenClean(), this.result]);
       if (this.#outcome) {
-        gate.open();
+        this.#openGate();
         return this.result;
       }
       try {
         await target.flush();
       } catch (err) {
-        gate.open();
+        this.#openGate();
         const io = err instanceof IoError ? err : undefined;
         await this.#abort(new IoError(io?.errno ?? 'EIO', 'flush', `final flush of the target failed: ${String(err)}`, { cause: err }));
         return this.result;
@@ -486,12 +531,12 @@ export class MirrorJob extends EventEmitter<MirrorJobEvents> {
     // The directory says "target current" before any write can reach the target alone; if that
     // cannot be written, the source stays current and the job fails.
     if (kind === 'complete' && !(await this.#recordPhase('pivoted'))) {
-      gate.open();
+      this.#openGate();
       return this.result;
     }
     if (kind === 'complete') gate.pivot();
     gate.stopTracking();
-    gate.open();
+    this.#openGate();
     await copier.stop();
     const p = this.progress();
     this.#conclude(
@@ -509,7 +554,7 @@ export class MirrorJob extends EventEmitter<MirrorJobEvents> {
     if (this.#outcome || this.#status === JobStatus.ABORTING) return;
     this.#transition(JobStatus.ABORTING);
     this.#p.gate.stopTracking();
-    this.#p.gate.open();
+    this.#openGate();
     await this.#p.copier.stop();
     const p = this.progress();
     if (error) {

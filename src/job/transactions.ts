@@ -18,7 +18,11 @@ export async function completeAll(jobs: readonly MirrorJob[]): Promise<JobOutcom
     throw new JobError(ErrorCode.JOB_STATE, `cannot complete together: ${notReady.map((j) => `${j.id} is ${j.status}`).join(', ')}`);
   }
   await Promise.all(jobs.map((j) => j.quiesce()));
-  return Promise.all(jobs.map((j) => j.complete()));
+  try {
+    return await Promise.all(jobs.map((j) => j.complete()));
+  } finally {
+    for (const j of jobs) j.unquiesce();
+  }
 }
 
 /**
@@ -28,6 +32,29 @@ export async function completeAll(jobs: readonly MirrorJob[]): Promise<JobOutcom
 export async function cancelAll(jobs: readonly MirrorJob[], options: { force?: boolean } = {}): Promise<JobOutcome[]> {
   assertDistinct(jobs);
   const inSync = jobs.filter((j) => j.status === JobStatus.READY || j.status === JobStatus.STANDBY);
-  if (!options.force) await Promise.all(inSync.map((j) => j.quiesce()));
-  return Promise.all(jobs.map((j) => j.cancel(options)));
+  const held = options.force ? [] : inSync;
+  await Promise.all(held.map((j) => j.quiesce()));
+  try {
+    return await Promise.all(jobs.map((j) => j.cancel(options)));
+  } finally {
+    for (const j of held) j.unquiesce();
+  }
+}
+
+/**
+ * Brings several jobs to one consistent point: every job's writers are quiesced together, then
+ * each copies what is left and flushes its target (unless `flush` is false: `atPoint` makes the
+ * targets durable itself), then `atPoint` runs (a replication checkpoint on the secondaries),
+ * then the writers go again. Every target then holds its source as of one
+ * instant. Rejects (writers released) if a target does not take its backlog within `timeoutMs`.
+ */
+export async function atConsistentPoint<T>(jobs: readonly MirrorJob[], atPoint: () => Promise<T>, timeoutMs: number, options: { flush?: boolean } = {}): Promise<T> {
+  assertDistinct(jobs);
+  await Promise.all(jobs.map((j) => j.quiesce()));
+  try {
+    await Promise.all(jobs.map((j) => j.drainQuiesced(timeoutMs, options)));
+    return await atPoint();
+  } finally {
+    for (const j of jobs) j.unquiesce();
+  }
 }

@@ -103,6 +103,28 @@ describe('bench:report', () => {
     expect(rows[0]!.command).toBe('npm run bench:qmp -- --sizes 512M,4G --writers none,3000 --runs 1 --fio-seconds 15 --json q.json');
   });
 
+  it('reads a bench:verify report as one row per cache against qemu-img compare, and leaves out state and replication reports', () => {
+    const rows = rowsFromReport(
+      {
+        kind: 'verify',
+        date: '2026-12-01T12:00:00Z',
+        machine,
+        size: 4 * GiB,
+        rounds: 5,
+        results: [
+          { tool: 'blockmirror verify', cache: 'warm', medianSeconds: 2, medianCpu: 3 },
+          { tool: 'qemu-img compare', cache: 'warm', medianSeconds: 4, medianCpu: 1 },
+        ],
+      },
+      'v.json',
+    );
+    expect(rows).toHaveLength(1);
+    expect(rows[0]).toMatchObject({ peer: 'qemu-img compare', cache: 'warm', blockmirror: 2, peerMedian: 4, cpuRatio: 3 });
+    expect(rows[0]!.command).toBe('npm run bench:verify -- --size 4G --rounds 5 --caches warm --json v.json');
+    expect(rowsFromReport({ kind: 'state', results: [] }, 's.json')).toEqual([]);
+    expect(rowsFromReport({ kind: 'replication' }, 'r.json')).toEqual([]);
+  });
+
   it('reads bench:qmp and bench:nbd reports, and leaves out reports without a peer', () => {
     const qmp = rowsFromReport(
       {

@@ -1,0 +1,91 @@
+import { fork, spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { QmpClient } from '../../dist/control/qmp/QmpClient.js';
+import { seededRandom } from '../fixtures/prng.mjs';
+
+const CLI = resolve(import.meta.dirname, '../../dist/cli/bin.js');
+const PRIMARY = resolve(import.meta.dirname, '../fixtures/replicationPrimary.mjs');
+
+/** What one seed found. */
+export interface FailoverRound {
+  readonly seed: number;
+  /** Checkpoints the primary completed before it was killed, and the one the secondary failed over to. */
+  readonly checkpoints: number;
+  readonly failedOverTo: number;
+  /** The secondary equals the primary's acknowledged writes as of that checkpoint. */
+  readonly equal: boolean;
+}
+
+/** A `blockmirror replica` on a free TCP port; resolves with its URI once it serves. */
+async function startReplica(disk: string, control: string, state: string): Promise<{ child: ChildProcess; uri: string }> {
+  const child = spawn(process.execPath, [CLI, 'replica', disk, '--export', 'nbd://127.0.0.1:0/disk', '--control', control, '--state', state, '--json'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  const uri = await new Promise<string>((done, fail) => {
+    let out = '';
+    child.stdout!.on('data', (d: Buffer) => {
+      out += d.toString();
+      const m = /"event":"listening".*?"uri":"([^"]+)"/.exec(out);
+      if (m) done(m[1]!);
+    });
+    child.on('close', (code) => fail(new Error(`replica exited (${code}): ${stderr}`)));
+  });
+  return { child, uri };
+}
+
+/**
+ * One seed: a secondary process and a primary process (test/fixtures/replicationPrimary.mjs)
+ * over loopback TCP; the primary writes and checkpoints every `intervalMs`; at a random moment
+ * it is killed with SIGKILL; the secondary fails over to its last checkpoint, which must equal
+ * what the primary had acknowledged at that checkpoint's instant, byte for byte.
+ */
+export async function failoverRound(dir: string, seed: number, options: { size?: number; intervalMs?: number } = {}): Promise<FailoverRound> {
+  const random = seededRandom(seed);
+  const size = options.size ?? 16 << 20;
+  await rm(dir, { recursive: true, force: true });
+  await mkdir(join(dir, 'shadows'), { recursive: true });
+  const source = join(dir, 'primary.img');
+  const disk = join(dir, 'secondary.img');
+  await writeFile(source, randomBytes(size));
+  await writeFile(disk, Buffer.alloc(size));
+  const control = join(dir, 'control.sock');
+  const replica = await startReplica(disk, control, join(dir, 'replica-state'));
+  let checkpoints = 0;
+  try {
+    const primary = fork(PRIMARY, [source, replica.uri, control, join(dir, 'shadows'), String(seed), String(options.intervalMs ?? 200), 'write-blocking'], {
+      stdio: ['ignore', 'ignore', 'pipe', 'ipc'],
+    });
+    let stderr = '';
+    primary.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    const exited = new Promise<void>((r) => primary.once('exit', () => r()));
+    primary.on('message', (m: { checkpoint?: number }) => {
+      if (m.checkpoint) checkpoints = m.checkpoint;
+    });
+    // Killed after its first checkpoint, at a random moment of the next second or so.
+    const deadline = Date.now() + 60_000;
+    while (checkpoints < 1) {
+      if (primary.exitCode !== null || Date.now() > deadline) throw new Error(`the primary never checkpointed: ${stderr}`);
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    await new Promise((r) => setTimeout(r, random() * 1200));
+    primary.kill('SIGKILL');
+    await exited;
+    const client = await QmpClient.connect(control);
+    let failedOverTo: number;
+    try {
+      const done = await client.execute<{ checkpoint: { id: number | null } }>('failover', { to: 'checkpoint' });
+      failedOverTo = done.checkpoint.id ?? 0;
+    } finally {
+      await client.close();
+    }
+    const expected = await readFile(join(dir, 'shadows', `${failedOverTo}.img`));
+    const equal = (await readFile(disk)).equals(expected);
+    return { seed, checkpoints, failedOverTo, equal };
+  } finally {
+    replica.child.kill('SIGKILL');
+  }
+}
