@@ -82,6 +82,7 @@ async function replicatedRun(s: Setup): Promise<{ writer: WriterStats; checkpoin
     const monitor = await QmpClient.connect(replica.control);
     // The interval under way when sampling starts holds the initial sync's saves: it is left out.
     let lastId: number | undefined;
+    let firstInterval = true;
     let peak = 0;
     let buffered = 0;
     let sampling = true;
@@ -90,7 +91,8 @@ async function replicatedRun(s: Setup): Promise<{ writer: WriterStats; checkpoin
         const q = await monitor.execute<{ checkpoint: { id: number | null }; 'buffer-bytes': number }>('query-replica');
         const id = q.checkpoint.id ?? 0;
         if (id !== lastId) {
-          if (lastId !== undefined) buffered += peak;
+          if (lastId !== undefined && !firstInterval) buffered += peak;
+          if (lastId !== undefined) firstInterval = false;
           peak = 0;
           lastId = id;
         }

@@ -95,7 +95,9 @@ export class Checkpointer {
     const { bitmap, log, copies, path } = this.#p;
     const enters = log.enters;
     const period = log.beginPeriod();
-    if (copies) await copies.unflushed.flushed(copies.flushTarget);
+    // A target that cannot be flushed (gone, for a while) keeps every copy counted dirty: the
+    // save below is then only more conservative, and still lets the log's extents cool.
+    if (copies) await copies.unflushed.flushed(copies.flushTarget).catch(() => undefined);
     const snapshot = DirtyBitmap.create(bitmap.size, bitmap.granularity);
     snapshot.merge(bitmap);
     copies?.unflushed.addTo(snapshot);

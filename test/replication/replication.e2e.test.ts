@@ -191,4 +191,32 @@ describe('replication to a blockmirror replica', () => {
       restarted?.child.kill('SIGKILL');
     }
   });
+
+  it('with a state directory, keeps what the secondary missed across a restart of the primary, and sends only that', async () => {
+    const { dir, source, disk, control, replica } = await setup();
+    const state = join(dir, 'primary-state');
+    let replication = await Replication.start({ disks: [{ source, secondary: replica.uri, control, state }] });
+    let restarted: { child: ChildProcess; uri: string } | undefined;
+    try {
+      await until(() => replication.state === 'replicating', 'the initial sync');
+      const port = new URL(replica.uri).port;
+      replica.child.kill('SIGKILL');
+      await new Promise((r) => replica.child.once('close', r));
+      const job = replication.jobs[0]!;
+      for (let i = 0; i < 10; i++) await job.device.write(randomBytes(BLOCK), i * MiB); // the secondary misses these
+      await replication.stop(); // the primary goes down too; its state directory keeps the ten blocks
+      restarted = await startReplica(disk, control, join(dir, 'replica-state'), port);
+      replication = await Replication.start({ disks: [{ source, secondary: restarted.uri, control, state }] });
+      await until(() => replication.state === 'replicating', 'the resync');
+      const copied = replication.jobs[0]!.progress().bytesCopied;
+      expect(copied).toBeGreaterThanOrEqual(10 * BLOCK);
+      expect(copied).toBeLessThan(MiB); // the ten blocks, not the image
+      await replication.stop();
+      await failover(control, 'latest');
+      expect((await readFile(disk)).equals(await readFile(source))).toBe(true);
+    } finally {
+      await replication.stop();
+      restarted?.child.kill('SIGKILL');
+    }
+  });
 });
