@@ -9,7 +9,8 @@
  * meanwhile.
  *
  *   npm run bench:replication -- [--size 1G] [--seconds 10] [--rounds 3] [--checkpoint-interval 200]
- *                                [--outage 3] [--replica-granularity SIZE] [--dir DIR] [--json FILE]
+ *                                [--outage 3] [--replica-granularity SIZE] [--replica-durability power|process]
+ *                                [--dir DIR] [--json FILE]
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -27,11 +28,15 @@ import { markdownTable, median } from './lib/stats.js';
 
 const CLI = resolve(import.meta.dirname, '../dist/cli/bin.js');
 
-/** The replica's --granularity (undefined: its default). */
+/** The replica's --granularity and --durability (undefined: its defaults). */
 let replicaGranularity: string | undefined;
+let replicaDurability: string | undefined;
 
 async function startReplica(disk: string, control: string, state: string, port = '0'): Promise<{ child: ChildProcess; uri: string }> {
-  const granularity = replicaGranularity === undefined ? [] : ['--granularity', replicaGranularity];
+  const granularity = [
+    ...(replicaGranularity === undefined ? [] : ['--granularity', replicaGranularity]),
+    ...(replicaDurability === undefined ? [] : ['--durability', replicaDurability]),
+  ];
   const child = spawn(process.execPath, [CLI, 'replica', disk, '--export', `nbd://127.0.0.1:${port}/disk`, '--control', control, '--state', state, '--json', ...granularity], {
     stdio: ['ignore', 'pipe', 'inherit'],
   });
@@ -163,12 +168,14 @@ async function main(): Promise<void> {
       'checkpoint-interval': { type: 'string', default: '200' },
       outage: { type: 'string', default: '3' },
       'replica-granularity': { type: 'string' },
+      'replica-durability': { type: 'string' },
       dir: { type: 'string', default: join(process.cwd(), '.bm-bench') },
       json: { type: 'string' },
     },
   });
   const size = parseSize(values.size!, '--size');
   replicaGranularity = values['replica-granularity'];
+  replicaDurability = values['replica-durability'];
   const dir = resolve(values.dir!);
   await mkdir(dir, { recursive: true });
   const src = join(dir, 'repl-primary.img');

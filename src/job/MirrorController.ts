@@ -68,8 +68,14 @@ const BASELINE_MIN_WRITES = 30;
 const PROBE_MAX_MS = 1000;
 /** While the application writes and there is copying to do, a probe every this often follows its latency as it drifts. */
 const PROBE_EVERY_MS = 10_000;
-/** A window with this many application writes, and no target yet, starts the first probe. */
+/** A window with this many application writes counts as the application writing. */
 const BASELINE_TRIGGER_WRITES = 10;
+/**
+ * The first probe waits until the application has been writing this long with the copy at full
+ * speed: a job that is in sync sooner never needed to know (a short job lost a third of its time
+ * to a probe: docs/perf.md, "QMP daemon", second pass).
+ */
+const FIRST_PROBE_AFTER_MS = 1000;
 /** During a probe the copier crawls at this rate (bytes per second). */
 const BASELINE_PACE = 1 << 20;
 /** The default latency target is this multiple of the baseline p99. */
@@ -141,6 +147,8 @@ export class MirrorController {
   readonly #measuresTarget: boolean;
   /** When the last probe ended (ms). */
   #lastProbe = 0;
+  /** When the application was first seen writing (ms). */
+  #appSince: number | undefined;
   /** Windows in a row with the application over the target and the copy at the tuner's floor. */
   #stuck = 0;
   /** The copy mode changed: measure the target again at the next window. */
@@ -201,8 +209,11 @@ export class MirrorController {
     if (!this.#o.adaptive) return;
     const b = this.#baseline;
     if (b === 'idle' && window.app.count >= BASELINE_TRIGGER_WRITES) {
-      this.#beginBaseline(nowMs); // the application started writing: measure it before pushing on
-      return;
+      this.#appSince ??= nowMs;
+      if (nowMs - this.#appSince >= FIRST_PROBE_AFTER_MS) {
+        this.#beginBaseline(nowMs); // the application has been writing for a while: learn what it costs it
+        return;
+      }
     }
     // A measurement under way when the mode changed is partly of the old mode: start it over.
     if (this.#remeasureDue && b !== 'idle') return this.#remeasure(nowMs, window);

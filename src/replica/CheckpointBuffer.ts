@@ -2,7 +2,9 @@ import { ErrorCode, InvalidArgumentError, StateError, toIoError, type IoError } 
 import type { BlockDevice } from '../io/BlockDevice.js';
 import { formatBytes } from '../util/size.js';
 import { GranuleSet } from './GranuleSet.js';
-import { SavedGranuleLog } from './SavedGranuleLog.js';
+import { SavedGranuleLog, type ReplicaDurability } from './SavedGranuleLog.js';
+
+export { REPLICA_DURABILITIES, type ReplicaDurability } from './SavedGranuleLog.js';
 
 /** Bytes per granule of the checkpoint buffer by default. */
 export const DEFAULT_REPLICA_GRANULARITY = 64 << 10;
@@ -51,6 +53,12 @@ export interface CheckpointBufferOptions {
   readonly logPath: string;
   /** Bytes per granule (see {@link checkGranularity}). */
   readonly granularity: number;
+  /**
+   * What a save must survive before the write over it may go (default `power`): `power`
+   * fdatasyncs the buffer file, then the record, per batch; `process` only writes them, in the
+   * same order (see {@link ReplicaDurability}). Checkpoints and restores sync in either mode.
+   */
+  readonly durability?: ReplicaDurability;
 }
 
 /** What {@link CheckpointBuffer.restore} did. */
@@ -96,12 +104,16 @@ function deferred(): Deferred {
  *   that needs it, so no write reads the disk after another has overwritten it.
  * - Saves that arrive while a commit is in progress share the next one: one fdatasync of the
  *   buffer file and one log record for all of them.
+ * - With `durability: 'process'` a commit skips both fdatasyncs: the buffer data is written
+ *   before the record is written before the write is let go, which a crash of the process
+ *   (not of the machine) cannot undo.
  * - {@link checkpoint} starts a new empty interval, {@link restore} puts the saved contents back.
  *   Neither may run while writes over the disk are in flight (the caller holds them).
  */
 export class CheckpointBuffer {
   readonly granularity: number;
   readonly size: number;
+  readonly durability: ReplicaDurability;
   readonly #disk: BlockDevice;
   readonly #buffer: BufferFile;
   readonly #log: SavedGranuleLog;
@@ -122,6 +134,7 @@ export class CheckpointBuffer {
   private constructor(o: CheckpointBufferOptions, log: SavedGranuleLog, saved: Iterable<number>) {
     this.granularity = o.granularity;
     this.size = o.disk.size;
+    this.durability = o.durability ?? 'power';
     this.#disk = o.disk;
     this.#buffer = o.buffer;
     this.#log = log;
@@ -133,7 +146,7 @@ export class CheckpointBuffer {
     return closingOnFailure(o.buffer, async () => {
       checkGranularity(o.granularity);
       checkGranuleCount(o.disk.size, o.granularity);
-      const log = await SavedGranuleLog.create(o.logPath, { granularity: o.granularity, size: o.disk.size, interval });
+      const log = await SavedGranuleLog.create(o.logPath, { granularity: o.granularity, size: o.disk.size, interval }, o.durability);
       const buffer = new CheckpointBuffer(o, log, []);
       await buffer.#emptyBufferFile();
       return buffer;
@@ -148,7 +161,7 @@ export class CheckpointBuffer {
   static async recover(o: CheckpointBufferOptions): Promise<CheckpointBuffer> {
     return closingOnFailure(o.buffer, async () => {
       checkGranularity(o.granularity);
-      const { log, granules } = await SavedGranuleLog.open(o.logPath, { granularity: o.granularity, size: o.disk.size });
+      const { log, granules } = await SavedGranuleLog.open(o.logPath, { granularity: o.granularity, size: o.disk.size }, o.durability);
       try {
         if (o.buffer.size < o.disk.size) {
           if (granules.length > 0) {
@@ -186,7 +199,7 @@ export class CheckpointBuffer {
     return bytes;
   }
 
-  /** Batches committed by this object: each one fdatasync of the buffer file and one log record. */
+  /** Batches committed by this object: each one log record (and, in `power` mode, one fdatasync of the buffer file and one of the log). */
   get commits(): number {
     return this.#commits;
   }
@@ -271,6 +284,22 @@ export class CheckpointBuffer {
     return { granules: granules.length, bytes };
   }
 
+  /**
+   * Waits for the saves in progress, then fdatasyncs the buffer file and the log: whatever a
+   * previous run wrote in `process` mode is durable from here on. A start runs it before its
+   * state file may say the buffer is power-safe.
+   */
+  async sync(): Promise<void> {
+    if (this.#broken) throw this.#broken;
+    await this.#idle();
+    try {
+      await this.#buffer.flush();
+    } catch (err) {
+      throw toIoError(err, 'flush', this.#buffer.description);
+    }
+    await this.#log.sync();
+  }
+
   /** Waits for the saves in progress, then closes the log and the buffer file (the disk is the caller's). */
   async close(): Promise<void> {
     await this.#idle();
@@ -298,7 +327,12 @@ export class CheckpointBuffer {
     return done;
   }
 
-  /** One batch per round: the buffer's data first (fdatasync), then the record that names it. */
+  /**
+   * One batch per round: the buffer's data first, then the record that names it. In `power` mode
+   * the buffer file is fdatasync'ed before the record is written, and the record before the
+   * batch is let go; in `process` mode neither is, and the order rests on each write having
+   * completed (the buffer writes before {@link #commit} was called) before the next is issued.
+   */
   async #commitLoop(): Promise<void> {
     while (this.#pending.length > 0) {
       const batch = this.#pending;
@@ -307,10 +341,12 @@ export class CheckpointBuffer {
       this.#pendingDone = undefined;
       try {
         if (this.#failed) throw this.#failed;
-        try {
-          await this.#buffer.flush();
-        } catch (err) {
-          throw toIoError(err, 'flush', this.#buffer.description);
+        if (this.durability === 'power') {
+          try {
+            await this.#buffer.flush();
+          } catch (err) {
+            throw toIoError(err, 'flush', this.#buffer.description);
+          }
         }
         await this.#log.append(batch);
         for (const g of batch) this.#saved.add(g);

@@ -1,13 +1,13 @@
 import { mkdir, unlink } from 'node:fs/promises';
 import { QmpServer } from '../control/qmp/QmpServer.js';
-import { ErrorCode, JobError, StateError } from '../errors.js';
+import { ErrorCode, InvalidArgumentError, JobError, StateError } from '../errors.js';
 import type { BlockDevice } from '../io/BlockDevice.js';
 import { deviceSpecFor } from '../io/location.js';
 import { serveNbd, type NbdServer } from '../io/nbd/NbdServer.js';
 import { formatNbdUri } from '../io/nbd/NbdUri.js';
 import { openDevice } from '../io/openDevice.js';
 import { currentOwner, ownerIsAlive } from '../state/JobStateFile.js';
-import { checkGranularity, type CheckpointBuffer } from './CheckpointBuffer.js';
+import { checkGranularity, REPLICA_DURABILITIES, type CheckpointBuffer, type ReplicaDurability } from './CheckpointBuffer.js';
 import { DrillView } from './DrillView.js';
 import { REPLICA_QMP_VERSION, ReplicaControl } from './ReplicaControl.js';
 import { ReplicaDevice } from './ReplicaDevice.js';
@@ -15,6 +15,7 @@ import { openReplicaState, removeBufferFiles } from './openReplicaState.js';
 import { replicaFilesFor, type ReplicaFiles } from './replicaFiles.js';
 import {
   readReplicaState,
+  untrustedCheckpoint,
   writeReplicaState,
   type FailoverTarget,
   type ReplicaCheckpointRecord,
@@ -34,6 +35,14 @@ export interface ReplicaOptions {
   readonly granularity?: number;
   /** Where the buffer, log and state live (default: next to the disk). */
   readonly stateDir?: string;
+  /**
+   * What a save into the checkpoint buffer survives before the write over it goes (default
+   * `power`): `power` fdatasyncs the buffer and the log record on the write path (survives a
+   * power loss); `process` only writes them, in the same order (survives `kill -9`, not a power
+   * loss: after a reboot failover to the checkpoint is refused until the next checkpoint).
+   * Checkpoints and failovers sync in both modes. Any run may pick either.
+   */
+  readonly durability?: ReplicaDurability;
   /** Told about checkpoints, failovers and drills as they happen. */
   readonly onEvent?: (name: ReplicaEventName, data: Record<string, unknown>) => void;
 }
@@ -53,6 +62,12 @@ export interface ReplicaCheckpoint {
 export interface ReplicaStatus {
   readonly state: ReplicaState;
   readonly checkpoint: ReplicaCheckpoint;
+  /** False when the buffer cannot be vouched for ({@link untrustedReason}): failover to the checkpoint is refused until the next checkpoint. */
+  readonly checkpointTrusted: boolean;
+  /** Why the checkpoint is not trusted, when it is not. */
+  readonly untrustedReason: string | undefined;
+  /** This run's durability mode. */
+  readonly durability: ReplicaDurability;
   /** Bytes of old contents the buffer holds (0 once failed over). */
   readonly bufferBytes: number;
   readonly savedGranules: number;
@@ -100,6 +115,7 @@ export class Replica {
   readonly files: ReplicaFiles;
   readonly disk: string;
   readonly granularity: number;
+  readonly durability: ReplicaDurability;
   readonly #diskDevice: BlockDevice;
   readonly #device: ReplicaDevice;
   readonly #onEvent: ReplicaOptions['onEvent'];
@@ -116,6 +132,7 @@ export class Replica {
     this.files = files;
     this.disk = o.disk;
     this.granularity = record.granularity;
+    this.durability = o.durability ?? 'power';
     this.#diskDevice = disk;
     this.#buffer = buffer;
     this.#record = record;
@@ -133,6 +150,9 @@ export class Replica {
     const files = replicaFilesFor(o.disk, o.stateDir);
     if (o.stateDir !== undefined) await mkdir(o.stateDir, { recursive: true });
     if (o.granularity !== undefined) checkGranularity(o.granularity);
+    if (o.durability !== undefined && !REPLICA_DURABILITIES.includes(o.durability)) {
+      throw new InvalidArgumentError(ErrorCode.INVALID_OPTION, `durability must be ${REPLICA_DURABILITIES.join(' or ')}, not ${JSON.stringify(o.durability)}`);
+    }
     const found = await readReplicaState(files.state);
     if (found && (await ownerIsAlive(found.owner))) {
       throw new StateError(ErrorCode.STATE_IN_USE, `${files.state}: process ${found.owner.pid} runs this replica`, 'stop that process first');
@@ -177,9 +197,13 @@ export class Replica {
   status(): ReplicaStatus {
     const c = this.#record.checkpoint;
     const drill = this.#drill;
+    const untrusted = untrustedCheckpoint(this.#record);
     return {
       state: this.#record.state,
       checkpoint: { id: c.id, time: c.time },
+      checkpointTrusted: untrusted === undefined,
+      untrustedReason: untrusted?.reason,
+      durability: this.durability,
       bufferBytes: this.#buffer?.bufferBytes ?? 0,
       savedGranules: this.#buffer?.savedGranules ?? 0,
       granularity: this.granularity,
@@ -200,6 +224,8 @@ export class Replica {
   /**
    * The disk as it is now is the new consistent point (the primary has no write in flight):
    * writes are held, the disk fdatasync'ed, the buffer dropped. `id` defaults to the last id + 1.
+   * A buffer that could not be vouched for is trusted again from here on: the new interval starts
+   * empty from a disk fdatasync'ed at the checkpoint.
    */
   checkpoint(id?: number): Promise<ReplicaCheckpoint> {
     return this.#serial(async () => {
@@ -210,7 +236,7 @@ export class Replica {
         await buffer.checkpoint(next.interval, () => this.#writeState({ ...this.#record, pending: next }));
         this.#device.resetCounts();
       });
-      this.#record = { ...this.#record, checkpoint: next, pending: undefined };
+      this.#record = { ...this.#record, checkpoint: next, pending: undefined, untrusted: undefined };
       // Tidying only: recovery takes `pending` as current once the log holds its interval.
       await this.#writeState(this.#record).catch(() => {});
       const result = { id: next.id, time: next.time };
@@ -225,16 +251,27 @@ export class Replica {
    * way the disk is fdatasync'ed, the state file says `failed-over` (the commit point), the buffer
    * and log are removed, and the export passes reads and writes straight through from then on. A
    * running drill is stopped first. Interrupted by a crash before the commit, it can be run again.
+   * To `checkpoint` is refused (`BM_ERR_STATE_MISMATCH`) while the buffer cannot be vouched for
+   * (a `process`-mode replica restarted on another boot), until the next checkpoint.
    */
   failover(to: FailoverTarget): Promise<FailoverResult> {
     return this.#serial(async () => {
       const buffer = this.#replicating('failover');
+      const untrusted = untrustedCheckpoint(this.#record);
+      if (to === 'checkpoint' && untrusted) {
+        throw new StateError(
+          ErrorCode.STATE_MISMATCH,
+          `failover to 'checkpoint' refused: the checkpoint buffer cannot be vouched for since ${untrusted.since} (${untrusted.reason})`,
+          "fail over to 'latest', or take a checkpoint first (the buffer is trusted again from it on)",
+        );
+      }
       await this.#stopDrill();
       const restoredBytes = to === 'checkpoint' ? buffer.bufferBytes : 0;
       const failedOver: ReplicaStateRecord = {
         ...this.#record,
         state: 'failed-over',
         pending: undefined,
+        untrusted: undefined,
         failover: { to, time: new Date().toISOString(), restoredBytes },
       };
       let restoredGranules = 0;

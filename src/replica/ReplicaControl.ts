@@ -21,6 +21,9 @@ export function statusToQmp(s: ReplicaStatus): Record<string, unknown> {
   return {
     state: s.state,
     checkpoint: { id: s.checkpoint.id, time: s.checkpoint.time },
+    'checkpoint-trusted': s.checkpointTrusted,
+    ...(s.untrustedReason !== undefined && { 'untrusted-reason': s.untrustedReason }),
+    durability: s.durability,
     'buffer-bytes': s.bufferBytes,
     'saved-granules': s.savedGranules,
     granularity: s.granularity,

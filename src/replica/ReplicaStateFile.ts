@@ -3,12 +3,21 @@ import { open, readFile, rename, unlink, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { ErrorCode, StateError, toIoError } from '../errors.js';
 import type { JobOwner } from '../state/JobStateFile.js';
+import { REPLICA_DURABILITIES, type ReplicaDurability } from './SavedGranuleLog.js';
 import { syncDirectory } from '../util/syncDirectory.js';
 
 /** `format` of every replica state file. */
 export const REPLICA_STATE_FORMAT = 'blockmirror-replica-state';
-/** The replica state version this build writes and reads. */
-export const REPLICA_STATE_VERSION = 1;
+/**
+ * The newest replica state version, which this build writes when a record needs it: a record
+ * with `durability.mode` 'process' or with `untrusted` is version 2, so that an older build (which
+ * reads version 1 only, and knows neither field) refuses it rather than trusting the buffer;
+ * any other record is written as version 1, which every build reads the same way.
+ * This build reads both (version 1 files have neither field: power mode, trusted).
+ */
+export const REPLICA_STATE_VERSION = 2;
+/** The versions this build reads. */
+const READABLE_VERSIONS: readonly number[] = [1, 2];
 
 /** Whether the disk still receives the primary's writes under copy-before-write, or is a primary itself. */
 export type ReplicaState = 'replicating' | 'failed-over';
@@ -26,10 +35,33 @@ export interface ReplicaCheckpointRecord {
   readonly time: string;
 }
 
+/** {@link ReplicaStateRecord.durability}. */
+export interface ReplicaDurabilityRecord {
+  readonly mode: ReplicaDurability;
+  /** The kernel's boot id when the owner started ('' where the kernel does not say). */
+  readonly bootId: string;
+}
+
+/** {@link ReplicaStateRecord.untrusted}. */
+export interface ReplicaUntrustedRecord {
+  /** The checkpoint interval whose buffer cannot be vouched for. */
+  readonly interval: number;
+  /** Why, for query-replica and the failover refusal. */
+  readonly reason: string;
+  /** ISO time it was found. */
+  readonly since: string;
+}
+
+/** The untrusted mark that applies to `record`'s checkpoint, if any (one of an older interval is spent). */
+export function untrustedCheckpoint(record: ReplicaStateRecord): ReplicaUntrustedRecord | undefined {
+  return record.untrusted?.interval === record.checkpoint.interval ? record.untrusted : undefined;
+}
+
 /** What the replica state file holds. */
 export interface ReplicaStateRecord {
   readonly format: typeof REPLICA_STATE_FORMAT;
-  readonly version: typeof REPLICA_STATE_VERSION;
+  /** 1 or 2; {@link writeReplicaState} sets it from the record (see {@link REPLICA_STATE_VERSION}). */
+  readonly version: 1 | 2;
   /** The disk as given. */
   readonly disk: string;
   readonly size: number;
@@ -44,6 +76,18 @@ export interface ReplicaStateRecord {
   readonly pending?: ReplicaCheckpointRecord;
   /** Set once failed over. */
   readonly failover?: { readonly to: FailoverTarget; readonly time: string; readonly restoredBytes: number };
+  /**
+   * How the owner writes the buffer and log, and the boot it runs on (written before it serves a
+   * write). With `process`, its saves since the last sync survive only as long as that boot's
+   * page cache: a start on another boot cannot vouch for the buffer. Absent: `power`.
+   */
+  readonly durability?: ReplicaDurabilityRecord;
+  /**
+   * Set when the buffer of checkpoint interval `interval` cannot be vouched for (a `process`-mode
+   * replica found after a reboot): failover to the checkpoint is refused while the checkpoint's
+   * interval is this one, that is until a checkpoint commits a new interval.
+   */
+  readonly untrusted?: ReplicaUntrustedRecord;
   /** The process that runs the replica. */
   readonly owner: JobOwner;
   /** ISO time of the last update. */
@@ -70,10 +114,12 @@ function checkRecord(v: unknown, path: string): ReplicaStateRecord {
   if (typeof v !== 'object' || v === null || Array.isArray(v)) throw corrupt(path, 'not a JSON object');
   const r = v as Record<string, unknown>;
   if (r.format !== REPLICA_STATE_FORMAT) throw corrupt(path, `not blockmirror replica state (format ${JSON.stringify(r.format) ?? 'missing'})`);
-  if (r.version !== REPLICA_STATE_VERSION) {
-    throw new StateError(ErrorCode.STATE_VERSION, `${path}: replica state version ${String(r.version)}; this build reads version ${REPLICA_STATE_VERSION}`);
+  if (!READABLE_VERSIONS.includes(r.version as number)) {
+    throw new StateError(ErrorCode.STATE_VERSION, `${path}: replica state version ${String(r.version)}; this build reads versions ${READABLE_VERSIONS.join(' and ')}`);
   }
   const owner = r.owner as Record<string, unknown> | undefined;
+  const durability = r.durability as Record<string, unknown> | undefined;
+  const untrusted = r.untrusted as Record<string, unknown> | undefined;
   const problems: Array<[boolean, string]> = [
     [typeof r.disk === 'string', 'disk'],
     [Number.isSafeInteger(r.size) && (r.size as number) > 0, 'size'],
@@ -81,6 +127,20 @@ function checkRecord(v: unknown, path: string): ReplicaStateRecord {
     [r.state === 'replicating' || r.state === 'failed-over', 'state'],
     [isCheckpoint(r.checkpoint), 'checkpoint'],
     [r.pending === undefined || isCheckpoint(r.pending), 'pending'],
+    [
+      durability === undefined ||
+        (typeof durability === 'object' && durability !== null && REPLICA_DURABILITIES.includes(durability.mode as ReplicaDurability) && typeof durability.bootId === 'string'),
+      'durability',
+    ],
+    [
+      untrusted === undefined ||
+        (typeof untrusted === 'object' &&
+          untrusted !== null &&
+          Number.isSafeInteger(untrusted.interval) &&
+          typeof untrusted.reason === 'string' &&
+          typeof untrusted.since === 'string'),
+      'untrusted',
+    ],
     [typeof owner === 'object' && owner !== null && typeof owner.pid === 'number' && typeof owner.host === 'string' && typeof owner.bootId === 'string', 'owner'],
     [typeof r.updated === 'string', 'updated'],
   ];
@@ -107,8 +167,13 @@ export async function readReplicaState(path: string): Promise<ReplicaStateRecord
   return checkRecord(parsed, path);
 }
 
-/** Replaces the state file atomically and durably (temporary file, fsync, rename, directory fsync). */
-export async function writeReplicaState(path: string, record: ReplicaStateRecord): Promise<void> {
+/**
+ * Replaces the state file atomically and durably (temporary file, fsync, rename, directory fsync),
+ * as version 2 when the record needs it, else version 1 (see {@link REPLICA_STATE_VERSION}).
+ */
+export async function writeReplicaState(path: string, given: ReplicaStateRecord): Promise<void> {
+  const version = given.durability?.mode === 'process' || given.untrusted !== undefined ? 2 : 1;
+  const record: ReplicaStateRecord = { ...given, version };
   const dir = dirname(path);
   const temp = join(dir, `.${basename(path)}.${process.pid}-${randomBytes(4).toString('hex')}.tmp`);
   try {

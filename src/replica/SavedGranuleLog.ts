@@ -12,6 +12,17 @@ export interface SavedGranuleLogHeader {
   readonly interval: number;
 }
 
+/**
+ * How far the write path makes saves durable before the write over them may go:
+ * - `power`: each batch's buffer data and its record are fdatasync'ed (they survive a power loss);
+ * - `process`: they are only written (pwrite completed), so they survive a crash of the process
+ *   (`kill -9`: the kernel keeps what it wrote) but not of the kernel or the power.
+ */
+export type ReplicaDurability = 'power' | 'process';
+
+/** The durability modes, for option parsers. */
+export const REPLICA_DURABILITIES: readonly ReplicaDurability[] = ['power', 'process'];
+
 /** A log read back at start-up: the log, and every granule it names. */
 export interface RecoveredGranuleLog {
   readonly log: SavedGranuleLog;
@@ -44,9 +55,12 @@ export class SavedGranuleLog {
   #io: Promise<void> = Promise.resolve();
   #failed: IoError | undefined;
   #records = 0;
+  /** `power`: each append is fdatasync'ed; `process`: written only (see {@link ReplicaDurability}). */
+  readonly durability: ReplicaDurability;
 
-  private constructor(path: string, h: SavedGranuleLogHeader, fh: FileHandle, end: number, seq: number) {
+  private constructor(path: string, h: SavedGranuleLogHeader, fh: FileHandle, end: number, seq: number, durability: ReplicaDurability) {
     this.path = path;
+    this.durability = durability;
     this.granularity = h.granularity;
     this.size = h.size;
     this.#interval = h.interval;
@@ -56,9 +70,9 @@ export class SavedGranuleLog {
   }
 
   /** Starts a new log at `path` (replacing any file there, atomically) naming no granule. */
-  static async create(path: string, header: SavedGranuleLogHeader): Promise<SavedGranuleLog> {
+  static async create(path: string, header: SavedGranuleLogHeader, durability: ReplicaDurability = 'power'): Promise<SavedGranuleLog> {
     const end = await writeActivityLog(path, fileHeader(header), []);
-    return new SavedGranuleLog(path, header, await openForAppend(path), end, 1);
+    return new SavedGranuleLog(path, header, await openForAppend(path), end, 1, durability);
   }
 
   /**
@@ -67,7 +81,7 @@ export class SavedGranuleLog {
    * record is dropped by rewriting the file with the granules it names, atomically, so the next
    * append lands where a reader looks for it.
    */
-  static async open(path: string, expected: { granularity: number; size: number }): Promise<RecoveredGranuleLog> {
+  static async open(path: string, expected: { granularity: number; size: number }, durability: ReplicaDurability = 'power'): Promise<RecoveredGranuleLog> {
     const contents = await readActivityLog(path);
     const { extentSize, size, epoch } = contents.header;
     if (extentSize !== expected.granularity || size !== expected.size) {
@@ -83,7 +97,7 @@ export class SavedGranuleLog {
       end = await writeActivityLog(path, fileHeader(header), contents.extents);
       seq = 1;
     }
-    const log = new SavedGranuleLog(path, header, await openForAppend(path), end, seq);
+    const log = new SavedGranuleLog(path, header, await openForAppend(path), end, seq, durability);
     return { log, granules: contents.extents, tornTail: contents.tornTail };
   }
 
@@ -98,9 +112,10 @@ export class SavedGranuleLog {
   }
 
   /**
-   * Appends one record naming `granules` and fdatasyncs it: once this resolves, a restart finds
-   * them. After a failed append no further one is made (a later record behind a torn one would
-   * read as damage, not as a torn tail) until {@link reset} starts a new file.
+   * Appends one record naming `granules` and, in `power` mode, fdatasyncs it: once this
+   * resolves, a restart finds them (in `process` mode: a restart on the same boot). After a
+   * failed append no further one is made (a later record behind a torn one would read as damage,
+   * not as a torn tail) until {@link reset} starts a new file.
    */
   append(granules: readonly number[]): Promise<void> {
     return this.#exclusive(async () => {
@@ -108,7 +123,7 @@ export class SavedGranuleLog {
       const record = encodeRecord(this.#seq, granules);
       try {
         await this.#fh.write(record, 0, record.length, this.#end);
-        await this.#fh.datasync();
+        if (this.durability === 'power') await this.#fh.datasync();
       } catch (err) {
         this.#failed = toIoError(err, 'write', this.path);
         throw this.#failed;
@@ -142,6 +157,17 @@ export class SavedGranuleLog {
       this.#seq = 1;
       this.#interval = interval;
       this.#failed = undefined;
+    });
+  }
+
+  /** Makes every record appended so far durable (fdatasync), whatever the mode. */
+  sync(): Promise<void> {
+    return this.#exclusive(async () => {
+      try {
+        await this.#fh.datasync();
+      } catch (err) {
+        throw toIoError(err, 'flush', this.path);
+      }
     });
   }
 

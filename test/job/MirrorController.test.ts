@@ -169,7 +169,7 @@ describe('MirrorController', () => {
     for (let t = 0; t <= 1000; t += 100) c.tick(t); // no application writes
     expect(c.latencyTargetMicros).toBeUndefined();
     expect(paces.at(-1)).toBeUndefined(); // the crawl was lifted
-    tickWithLatency(c, 1100, 2200, 300);
+    tickWithLatency(c, 1100, 2700, 300); // a second of writing at full speed, then the first probe
     expect(paces).toContain(1 << 20); // crawled while measuring
     expect(c.latencyTargetMicros).toBeGreaterThanOrEqual(600 * 0.98);
     expect(c.latencyTargetMicros).toBeLessThanOrEqual(600 * 1.02);
@@ -179,7 +179,7 @@ describe('MirrorController', () => {
     const job = new FakeJob();
     job.backlogBytes = 1e12;
     const { c } = controller(job, 'report', { latencyTargetMs: undefined });
-    tickWithLatency(c, 0, 1100, 200);
+    tickWithLatency(c, 0, 1600, 200);
     expect(c.latencyTargetMicros).toBeGreaterThanOrEqual(400 * 0.98);
     expect(c.latencyTargetMicros).toBeLessThanOrEqual(400 * 1.02);
   });
@@ -188,7 +188,7 @@ describe('MirrorController', () => {
     const job = new FakeJob();
     job.backlogBytes = 1e12;
     const { c, paces } = measuringController(job);
-    let t = tickWithLatency(c, 0, 1100, 200); // target: twice 200 µs
+    let t = tickWithLatency(c, 0, 1600, 200); // target: twice 200 µs
     expect(c.latencyTargetMicros).toBeCloseTo(400, -1);
     const before = paces.length;
     // The application slows down on its own: backing the copy off does not help.
@@ -203,7 +203,7 @@ describe('MirrorController', () => {
     job.backlogBytes = 1e12;
     const { c, paces } = measuringController(job);
     // The application is fast only while the copy crawls (1 MiB/s), as while the target is measured.
-    const start = tickWithLatency(c, 0, 1100, 200);
+    const start = tickWithLatency(c, 0, 1600, 200);
     for (let t = start; t <= 30_000; t += 100) {
       const pace = paces.at(-1);
       for (let i = 0; i < 20; i++) c.appLatency.record(pace !== undefined && pace <= 1 << 20 ? 200 : 1000);
@@ -226,7 +226,7 @@ describe('MirrorController', () => {
     const job = new FakeJob();
     job.backlogBytes = 1e12;
     const { c } = controller(job, 'write-blocking', { latencyTargetMs: undefined });
-    let t = tickWithLatency(c, 0, 1100, 200);
+    let t = tickWithLatency(c, 0, 1600, 200);
     expect(job.tunings.some((d) => d.reason === 'remeasure')).toBe(false);
     // A writer that outruns the copier: the policy switches modes.
     for (const end = t + 5000; t < end && job.copyMode === 'background'; t += 100) {
@@ -246,7 +246,7 @@ describe('MirrorController', () => {
     const job = new FakeJob();
     job.backlogBytes = 1e12;
     const { c, paces, copier } = measuringController(job);
-    tickWithLatency(c, 0, 700, 200);
+    tickWithLatency(c, 0, 1700, 200);
     expect(c.latencyTargetMicros).toBeCloseTo(400, -1);
     expect(paces.at(-1)).toBeUndefined();
     const { chunkSize, queueDepth } = copier.scheduler.options;
@@ -265,6 +265,15 @@ describe('MirrorController', () => {
     expect(c.latencyTargetMicros).toBeCloseTo(600, -1);
   });
 
+  it('waits a second of writing before its first probe: a job in sync sooner never crawls', () => {
+    const job = new FakeJob();
+    job.backlogBytes = 1e12;
+    const { c, paces } = measuringController(job);
+    tickWithLatency(c, 0, 900, 200);
+    expect(paces).not.toContain(1 << 20);
+    expect(c.latencyTargetMicros).toBeUndefined();
+  });
+
   it('holds the copy back in probes for a few percent of the time under a steady writer', () => {
     const job = new FakeJob();
     job.backlogBytes = 1e12;
@@ -280,13 +289,13 @@ describe('MirrorController', () => {
     expect(crawling / windows).toBeLessThanOrEqual(0.05);
   });
 
-  it('measures the baseline over a median window, so a slow start does not raise the target', () => {
+  it('measures the baseline over a median window, so the probe\'s draining start does not raise the target', () => {
     const job = new FakeJob();
     job.backlogBytes = 1e12;
     const { c } = controller(job, 'report', { latencyTargetMs: undefined });
-    for (let t = 0; t <= 1100; t += 100) {
-      // The first windows are slow (the job's workers starting up), the rest are the writer's own.
-      for (let i = 0; i < 20; i++) c.appLatency.record(t < 300 ? 8000 : 200);
+    for (let t = 0; t <= 1600; t += 100) {
+      // The probe's first windows are slow (the copies in flight draining), the rest are the writer's own.
+      for (let i = 0; i < 20; i++) c.appLatency.record(t > 1000 && t <= 1200 ? 8000 : 200);
       c.tick(t);
     }
     expect(c.latencyTargetMicros).toBeGreaterThanOrEqual(400 * 0.98);

@@ -44,6 +44,40 @@ describe('CheckpointBuffer: copy-before-write', () => {
     expect(recordSync).toBeLessThan(diskWrite);
   });
 
+  it("in 'process' durability, issues no fdatasync on the write path, yet writes the old contents, then the record, before the write over the granule is issued", async () => {
+    const dir = await realpath(await scratch());
+    const disk = await randomDisk(dir, 16 * G);
+    const buffer = await newBuffer(dir, disk.device, G, undefined, 'process');
+    const { buffer: bufferPath, log: logPath } = bufferPaths(dir);
+    const calls = await traceFileSyscalls();
+
+    await writeThrough(buffer, disk.device, Buffer.alloc(4096, 0xaa), G + 1000);
+
+    const savedData = calls.findIndex((c) => c.op === 'write' && c.path === bufferPath && c.position === G);
+    const record = calls.findIndex((c) => c.op === 'write' && c.path === logPath && recordGranules(c.data)?.includes(1));
+    const diskWrite = calls.findIndex((c) => c.op === 'write' && c.path === disk.path && c.position === G + 1000);
+    expect(calls[savedData]!.data).toEqual(disk.contents.subarray(G, 2 * G));
+    expect(savedData).toBeGreaterThanOrEqual(0);
+    expect(record).toBeGreaterThan(savedData);
+    expect(diskWrite).toBeGreaterThan(record);
+    expect(calls.filter((c) => c.op === 'datasync' || c.op === 'sync')).toEqual([]);
+  });
+
+  it("in 'process' durability, still fdatasyncs the disk and replaces the log durably at a checkpoint", async () => {
+    const dir = await realpath(await scratch());
+    const disk = await randomDisk(dir, 16 * G);
+    const buffer = await newBuffer(dir, disk.device, G, undefined, 'process');
+    await writeThrough(buffer, disk.device, Buffer.alloc(4096, 0xaa), 0);
+    const calls = await traceFileSyscalls();
+
+    await buffer.checkpoint(1);
+
+    const diskSync = calls.findIndex((c) => c.op === 'datasync' && c.path === disk.path);
+    const newLogSync = calls.findIndex((c) => c.op === 'sync' && c.path.startsWith(dir) && c.path.includes('replica-log'));
+    expect(diskSync).toBeGreaterThanOrEqual(0);
+    expect(newLogSync).toBeGreaterThan(diskSync);
+  });
+
   it('saves a granule once per interval: later writes to it read and write nothing more, until the next checkpoint', async () => {
     const dir = await scratch();
     const { device } = await randomDisk(dir, 16 * G);

@@ -38,6 +38,24 @@ describe.skipIf(unbuilt !== undefined)(`blockmirror replica (command line)${unbu
     expect(run.stderr).toContain('SIGTERM: stopped');
   });
 
+  it("takes --durability process, and refuses another mode as a usage error", async () => {
+    const dir = await scratch();
+    const disk = join(dir, 'disk.img');
+    await writeFile(disk, Buffer.alloc(1 << 20));
+    const control = join(dir, 'control.sock');
+    const cli = live(['replica', disk, '--export', `nbd+unix:///r?socket=${join(dir, 'nbd.sock')}`, '--control', control, '--durability', 'process']);
+    await cli.waitForLine(/^serving /);
+    const qmp = await QmpClient.connect(control);
+    expect(await qmp.execute('query-replica')).toMatchObject({ durability: 'process', 'checkpoint-trusted': true });
+    await qmp.close();
+    cli.signal('SIGTERM');
+    expect((await cli.done).code).toBe(0);
+
+    const run = await runCli(['replica', disk, '--export', `nbd+unix:///r?socket=${join(dir, 'nbd.sock')}`, '--control', control, '--durability', 'disk']);
+    expect(run.code).toBe(1);
+    expect(run.stderr).toContain('power, process');
+  });
+
   it('refuses a granularity that is not a power of two from 4K to 64M as a usage error', async () => {
     const dir = await scratch();
     const disk = join(dir, 'disk.img');

@@ -2,7 +2,8 @@
  * `blockmirror replica` killed with SIGKILL, for real: writes in flight, a checkpoint in flight,
  * a failover in flight. After each restart the primary resends what it wrote since the last
  * checkpoint (and only that), and failover to the checkpoint must give the disk exactly as of
- * the checkpoint the replica names.
+ * the checkpoint the replica names. Run in both durability modes: in 'process' mode nothing on
+ * the write path is fdatasync'ed, and a kill -9 must still leave the restore exact.
  */
 import { existsSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
@@ -55,14 +56,14 @@ class Primary {
 const unbuilt = existsSync(CLI) ? undefined : `${CLI} is missing: run npm run build first`;
 
 describe.skipIf(unbuilt !== undefined)(`blockmirror replica killed with SIGKILL${unbuilt ? ` (skipped: ${unbuilt})` : ''}`, () => {
-  it('names the old or the new checkpoint after a kill during a checkpoint, and restores exactly the one it names after kills with writes and a failover in flight', async () => {
+  it.each(['power', 'process'] as const)('--durability %s: names the old or the new checkpoint after a kill during a checkpoint, and restores exactly the one it names after kills with writes and a failover in flight', async (durability) => {
     const dir = await scratch();
     const disk = join(dir, 'disk.img');
     const initial = seededRandomBytes(SIZE, 99);
     await writeFile(disk, initial);
     const primary = new Primary(initial, 7);
     const expected = new Map<number | null, Buffer>([[null, Buffer.from(initial)]]);
-    const args = ['replica', disk, '--export', `nbd+unix:///replica?socket=${join(dir, 'nbd.sock')}`, '--control', join(dir, 'qmp.sock'), '--json'];
+    const args = ['replica', disk, '--export', `nbd+unix:///replica?socket=${join(dir, 'nbd.sock')}`, '--control', join(dir, 'qmp.sock'), '--durability', durability, '--json'];
 
     // Round 1: writes, checkpoint 1, more writes, killed with writes in flight.
     let s = await connect(live(args), dir);
@@ -81,6 +82,7 @@ describe.skipIf(unbuilt !== undefined)(`blockmirror replica killed with SIGKILL$
       s = await connect(live(args), dir);
       const named = await checkpointId(s.qmp);
       expect(named).toBe(committed);
+      expect(await s.qmp.execute('query-replica')).toMatchObject({ durability, 'checkpoint-trusted': true });
       await primary.resend(s.nbd);
       expect((await contentsOf(disk)).equals(primary.disk)).toBe(true);
       await Promise.all(primary.write(s.nbd, 50));

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { onTestFinished, vi } from 'vitest';
 import type { BlockDevice } from '../../src/io/BlockDevice.js';
 import { FileDevice } from '../../src/io/FileDevice.js';
-import { CheckpointBuffer, type BufferFile } from '../../src/replica/CheckpointBuffer.js';
+import { CheckpointBuffer, type BufferFile, type ReplicaDurability } from '../../src/replica/CheckpointBuffer.js';
 
 /** Closes `thing` once the test is over (given up on after a moment: a "crashed" object may never settle). */
 function closeAfterTest(thing: { close(): Promise<void> }): void {
@@ -49,18 +49,18 @@ export function bufferPaths(dir: string): { buffer: string; log: string } {
   return { buffer: join(dir, 'disk.img.replica-buffer'), log: join(dir, 'disk.img.replica-log') };
 }
 
-/** A new checkpoint buffer (interval 0) over `disk`, with files in `dir`. */
-export async function newBuffer(dir: string, disk: BlockDevice, granularity: number, buffer?: BufferFile): Promise<CheckpointBuffer> {
+/** A new checkpoint buffer (interval 0) over `disk`, with files in `dir` (in `durability` mode, default power). */
+export async function newBuffer(dir: string, disk: BlockDevice, granularity: number, buffer?: BufferFile, durability?: ReplicaDurability): Promise<CheckpointBuffer> {
   const paths = bufferPaths(dir);
-  const made = await CheckpointBuffer.create({ disk, buffer: buffer ?? (await bufferFile(paths.buffer)), logPath: paths.log, granularity }, 0);
+  const made = await CheckpointBuffer.create({ disk, buffer: buffer ?? (await bufferFile(paths.buffer)), logPath: paths.log, granularity, durability }, 0);
   closeAfterTest(made);
   return made;
 }
 
 /** The buffer a restart finds in `dir` (the previous object abandoned, as a crash leaves it). */
-export async function recoverBuffer(dir: string, disk: BlockDevice, granularity: number): Promise<CheckpointBuffer> {
+export async function recoverBuffer(dir: string, disk: BlockDevice, granularity: number, durability?: ReplicaDurability): Promise<CheckpointBuffer> {
   const paths = bufferPaths(dir);
-  const found = await CheckpointBuffer.recover({ disk, buffer: await bufferFile(paths.buffer), logPath: paths.log, granularity });
+  const found = await CheckpointBuffer.recover({ disk, buffer: await bufferFile(paths.buffer), logPath: paths.log, granularity, durability });
   closeAfterTest(found);
   return found;
 }
