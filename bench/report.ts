@@ -263,7 +263,7 @@ function verifyRows(report: VerifyBenchReport, file: string): SummaryRow[] {
 }
 
 /** Benchmarks with no peer to compare with: their figures are in the notes of perf.md, not in the summary. */
-const KINDS_WITHOUT_PEERS = ['mirror', 'state', 'replication'];
+const KINDS_WITHOUT_PEERS = ['mirror', 'state', 'replication', 'lanes'];
 
 /** The rows one benchmark JSON file gives (none for a kind without peers); `file` as the command should name it. */
 export function rowsFromReport(report: unknown, file: string): SummaryRow[] {

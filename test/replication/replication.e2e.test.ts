@@ -10,6 +10,7 @@ import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { QmpClient } from '../../src/control/qmp/QmpClient.js';
 import { Replication } from '../../src/replication/Replication.js';
+import { recoverJobState } from '../../src/state/recoverJobState.js';
 import { seededRandom } from '../fixtures/prng.mjs';
 import { useScratchDir } from '../helpers/scratch.js';
 
@@ -199,6 +200,8 @@ describe('replication to a blockmirror replica', () => {
     let restarted: { child: ChildProcess; uri: string } | undefined;
     try {
       await until(() => replication.state === 'replicating', 'the initial sync');
+      // In sync, the job checkpoints its state directory: until then it still counts the initial copy as not durable.
+      while ((await recoverJobState(state)).bitmapBytes > 0) await new Promise((r) => setTimeout(r, 10));
       const port = new URL(replica.uri).port;
       replica.child.kill('SIGKILL');
       await new Promise((r) => replica.child.once('close', r));
