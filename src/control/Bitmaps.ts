@@ -98,6 +98,8 @@ export class Bitmaps {
         const node = this.#graph.get(a.node);
         switch (a.type) {
           case 'block-dirty-bitmap-add': {
+            const byReplica = node.chain().find((n) => n.replica !== undefined);
+            if (byReplica) throw new QmpError(`Node '${byReplica.name}' is busy: it is in use by replica '${byReplica.replica}'`);
             if (a.name === '') throw new QmpError('Bitmap name cannot be empty');
             if (a.name.length > MAX_NAME) throw new QmpError(`Bitmap name too long: ${a.name.slice(0, 20)}...`);
             if (exists(node, a.name)) throw new QmpError(`Bitmap already exists: ${a.name}`);

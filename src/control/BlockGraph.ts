@@ -142,6 +142,7 @@ export class BlockGraph {
   }
 
   #assertUnused(node: BlockNode): void {
+    if (node.replica !== undefined) throw new QmpError(`Node ${node.name} is in use by replica '${node.replica}'`);
     if (node.job) throw new QmpError(`Node '${node.name}' is busy: block device is in use by block job: mirror`);
     if (node.targetOf) throw new QmpError(`Node ${node.name} is in use`);
     const parents = this.parentsOf(node);
@@ -190,6 +191,7 @@ export class BlockGraph {
       case 'raw': {
         const file = o.file!;
         const child = isObject(file) ? await this.add(file as BlockdevOptions, false) : this.get(file as string);
+        if (child.replica !== undefined) throw new QmpError(`Node '${child.name}' is busy: it is in use by replica '${child.replica}'`);
         if (child.job || child.targetOf) throw new QmpError(`Node '${child.name}' is busy: block device is in use by block job: mirror`);
         const node = new BlockNode({ name, driver: 'raw', child, filename: child.filename, readOnly: readOnly || child.readOnly, direct: child.direct, userCreated });
         // The raw node is a parent of its child: the child cannot be deleted under it, and a pivot re-points it.

@@ -84,6 +84,8 @@ export class BlockNode implements NodeIo {
   job: JobLink | undefined;
   /** Id of the mirror job writing to this node, while there is one. */
   targetOf: string | undefined;
+  /** Id of the replica running over this node's image, while there is one (the node is busy: nothing else may use it). */
+  replica: string | undefined;
 
   constructor(init: {
     name: string;

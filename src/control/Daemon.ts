@@ -6,10 +6,12 @@ import type { QmpCommand } from './commands/command.js';
 import { exportCommands, type ExportArgs } from './commands/exports.js';
 import { jobCommands } from './commands/jobs.js';
 import { miscCommands } from './commands/misc.js';
+import { replicaCommands } from './commands/replicas.js';
 import { transactionCommands } from './commands/transaction.js';
 import { Exports, WriteBarrier } from './Exports.js';
 import { Jobs } from './Jobs.js';
 import { BitmapStore } from './persistentBitmaps.js';
+import { Replicas } from './Replicas.js';
 import { QmpError } from './qmp/QmpError.js';
 import { QmpServer, type QmpDispatcher, type QmpLimits, type QmpSession, type QmpVersion } from './qmp/QmpServer.js';
 import { check, type InputMode } from './qmp/schema.js';
@@ -38,14 +40,15 @@ const COMMANDS: readonly QmpCommand[] = [
   ...bitmapCommands,
   ...exportCommands,
   ...transactionCommands,
+  ...replicaCommands,
   ...miscCommands,
 ];
 
 /**
  * blockmirror's QMP daemon, driven the way qemu-storage-daemon is: a block graph of nodes, NBD
  * exports of them, mirror jobs between them, dirty bitmaps on them, and QMP monitors that run
- * commands and hear events. `shutdown` (quit, SIGTERM) cancels the jobs, closes the exports,
- * saves persistent bitmaps clean and closes the nodes.
+ * commands and hear events. `shutdown` (quit, SIGTERM) cancels the jobs, closes the exports and
+ * replicas, saves persistent bitmaps clean and closes the nodes.
  */
 export class Daemon implements QmpDispatcher {
   readonly version: QmpVersion;
@@ -54,6 +57,8 @@ export class Daemon implements QmpDispatcher {
   readonly bitmaps: Bitmaps;
   readonly exports: Exports;
   readonly jobs: Jobs;
+  /** Replicas over file nodes (x-blockmirror-replica-*). */
+  readonly replicas: Replicas;
   /** Resolves with why the daemon stopped, once it has. */
   readonly stopped: Promise<string>;
   readonly #commands = new Map(COMMANDS.map((c) => [c.name, c]));
@@ -70,6 +75,7 @@ export class Daemon implements QmpDispatcher {
     this.bitmaps = new Bitmaps(this.graph, store, this.barrier);
     this.exports = new Exports(this.graph, this.barrier, (id) => this.emit('BLOCK_EXPORT_DELETED', { id }));
     this.jobs = new Jobs(this.graph, (name, data) => this.emit(name, data));
+    this.replicas = new Replicas(this.graph);
     this.stopped = new Promise((resolve) => (this.#stoppedWith = resolve));
   }
 
@@ -133,6 +139,7 @@ export class Daemon implements QmpDispatcher {
     };
     await step(() => this.jobs.cancelEverything());
     await step(() => this.exports.closeAll());
+    await step(() => this.replicas.closeAll());
     await step(() => this.graph.closeAll());
     await Promise.all(this.#monitors.map((m) => m.close()));
     this.#stoppedWith(errors.length ? `${reason}, with errors: ${errors.map(String).join('; ')}` : reason);

@@ -104,6 +104,8 @@ export class Exports {
     if (this.#exports.has(options.id)) throw new QmpError(`Block export id '${options.id}' is already in use`);
     if (server.hasExport(options.name)) throw new QmpError(`NBD server already has export named '${options.name}'`);
     if (options.writable && options.node.readOnly) throw new QmpError(`Cannot export node '${options.node.name}' writable: it is read-only`);
+    const byReplica = options.node.chain().find((n) => n.replica !== undefined);
+    if (byReplica) throw new QmpError(`Node '${byReplica.name}' is busy: it is in use by replica '${byReplica.replica}'`);
     if (options.node.targetOf) throw new QmpError(`Node '${options.node.name}' is busy: it is the target of block job '${options.node.targetOf}'`);
     const exp: BlockExport = { id: options.id, name: options.name, writable: options.writable, node: options.node, describe: `export '${options.id}'`, shuttingDown: false };
     server.addExport({ name: options.name, device: this.#deviceFor(exp), description: options.description, readOnly: !options.writable });

@@ -164,6 +164,9 @@ export class Jobs {
     if (this.#jobs.has(r.id)) throw new QmpError(`Job ID '${r.id}' already in use`);
     const { source, target } = r;
     if (source === target || source.chain().includes(target) || target.chain().includes(source)) throw new QmpError("Can't mirror node into itself");
+    for (const n of [...source.chain(), ...target.chain()]) {
+      if (n.replica !== undefined) throw new QmpError(`Node '${n.name}' is busy: it is in use by replica '${n.replica}'`);
+    }
     for (const n of source.chain()) {
       if (n.job || n.targetOf) throw new QmpError(`Node '${n.name}' is busy: block device is in use by block job: mirror`);
     }

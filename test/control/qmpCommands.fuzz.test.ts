@@ -59,6 +59,9 @@ afterAll(async () => {
 
 
 
+/** Where a replica started by a case serves (x-blockmirror-replica-start's `export` is confined to it). */
+const REPLICA_URI = (): string => `nbd+unix:///r0?socket=${at('fzr.sock')}`;
+
 /** Valid argument sets of each command, over the daemon's nodes and what a case's set-up makes (job j, bitmap bm, export e1). */
 function validArgs(): Record<string, ReadonlyArray<Record<string, unknown> | undefined>> {
   const mirror = { 'job-id': 'j9', device: 'small', target: 'dst', sync: 'full' };
@@ -112,6 +115,14 @@ function validArgs(): Record<string, ReadonlyArray<Record<string, unknown> | und
       },
       { actions: [{ type: 'x-blockmirror-block-job-complete', data: { device: 'j' } }, { type: 'abort', data: {} }] },
     ],
+    'x-blockmirror-replica-start': [
+      { 'node-name': 'small', id: 'r0', export: REPLICA_URI(), granularity: 65536, state: at('rstate'), durability: 'process' },
+      { 'node-name': 'small', id: 'r0', export: REPLICA_URI() },
+    ],
+    'x-blockmirror-replica-checkpoint': [{ id: 'r0', 'checkpoint-id': 3 }, { id: 'r0' }],
+    'x-blockmirror-replica-failover': [{ id: 'r0', to: 'checkpoint' }, { id: 'r0', to: 'latest' }],
+    'x-blockmirror-replica-stop': [{ id: 'r0' }],
+    'query-blockmirror-replicas': [undefined],
     'query-version': [undefined],
     'query-commands': [undefined],
   };
@@ -226,6 +237,15 @@ function confine(v: unknown): unknown {
   return out;
 }
 
+/** x-blockmirror-replica-start's `export` (a URI to listen on) and `state` (a directory it creates) kept in the test directory. */
+function confineReplica(v: unknown): unknown {
+  if (v === null || typeof v !== 'object' || Array.isArray(v)) return v;
+  const out = { ...(v as Record<string, unknown>) };
+  if (typeof out.export === 'string') define(out, 'export', REPLICA_URI());
+  if (typeof out.state === 'string' && !resolve(out.state).startsWith(`${dir}/`)) define(out, 'state', at('rstate'));
+  return out;
+}
+
 function confineString(key: string, s: string): string {
   if (key === 'path' && !s.startsWith(`${dir}/`)) return at('fz.sock');
   if (key === 'host') return '127.0.0.1';
@@ -296,6 +316,7 @@ async function restore(): Promise<void> {
     }
     await new Promise((r) => setTimeout(r, 5));
   }
+  for (const r of await qmp.execute<Array<{ id: string }>>('query-blockmirror-replicas')) await quiet('x-blockmirror-replica-stop', { id: r.id });
   const exports = await qmp.execute<Array<{ id: string }>>('query-block-exports');
   for (const e of exports) if (e.id !== 'e0') await quiet('block-export-del', { id: e.id, mode: 'hard' });
   type NodeInfo = { 'node-name': string; 'dirty-bitmaps'?: Array<{ name: string }> };
@@ -351,7 +372,7 @@ describe('QMP command arguments fuzz, through a real daemon', () => {
         try {
           for (const [name, args] of setup) await qmp.execute(name, args);
           for (const c of commands) {
-            const args = confine(c.args);
+            const args = c.name === 'x-blockmirror-replica-start' ? confineReplica(confine(c.args)) : confine(c.args);
             assertReply(await send(c.name, args), `${c.name} ${JSON.stringify(args)?.slice(0, 300)}`);
           }
           expect(await within(5000, 'query-version', qmp.execute('query-version'))).toMatchObject({ qemu: { major: 8 } });
