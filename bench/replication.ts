@@ -12,7 +12,7 @@
  *                                [--outage 3] [--replica-granularity SIZE] [--replica-durability power|process]
  *                                [--dir DIR] [--json FILE]
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
@@ -22,34 +22,22 @@ import { FileDevice } from '../src/io/FileDevice.js';
 import { Replication } from '../src/replication/Replication.js';
 import { makeSampleImage } from '../src/util/imageTools.js';
 import { formatBytes, parseSize } from '../src/util/size.js';
-import { fio, writeBack, writeThrough, type WriterStats } from './lib/fio.js';
+import { writeBack, writeThrough, type WriterStats } from './lib/fio.js';
 import { machineInfo } from './lib/machine.js';
 import { markdownTable, median } from './lib/stats.js';
+import { startReplicaProcess, type ReplicaProcess } from '../test/helpers/replica.js';
 
-const CLI = resolve(import.meta.dirname, '../dist/cli/bin.js');
 
 /** The replica's --granularity and --durability (undefined: its defaults). */
 let replicaGranularity: string | undefined;
 let replicaDurability: string | undefined;
 
-async function startReplica(disk: string, control: string, state: string, port = '0'): Promise<{ child: ChildProcess; uri: string }> {
-  const granularity = [
+function startReplica(disk: string, control: string, state: string, port = '0'): Promise<ReplicaProcess> {
+  const extra = [
     ...(replicaGranularity === undefined ? [] : ['--granularity', replicaGranularity]),
     ...(replicaDurability === undefined ? [] : ['--durability', replicaDurability]),
   ];
-  const child = spawn(process.execPath, [CLI, 'replica', disk, '--export', `nbd://127.0.0.1:${port}/disk`, '--control', control, '--state', state, '--json', ...granularity], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  const uri = await new Promise<string>((done, fail) => {
-    let out = '';
-    child.stdout!.on('data', (d: Buffer) => {
-      out += d.toString();
-      const m = /"event":"listening".*?"uri":"([^"]+)"/.exec(out);
-      if (m) done(m[1]!);
-    });
-    child.on('close', (code) => fail(new Error(`replica exited (${code})`)));
-  });
-  return { child, uri };
+  return startReplicaProcess(disk, control, state, { port, extra });
 }
 
 interface Setup {

@@ -1,5 +1,6 @@
 import { ErrorCode, InvalidArgumentError, StateError, toIoError, type IoError } from '../errors.js';
 import type { BlockDevice } from '../io/BlockDevice.js';
+import { GroupCommit } from '../util/GroupCommit.js';
 import { formatBytes } from '../util/size.js';
 import { GranuleSet } from './GranuleSet.js';
 import { SavedGranuleLog, type ReplicaDurability } from './SavedGranuleLog.js';
@@ -67,13 +68,6 @@ export interface RestoreResult {
   readonly bytes: number;
 }
 
-/** A promise with its settle functions. */
-interface Deferred {
-  readonly promise: Promise<void>;
-  resolve(): void;
-  reject(err: unknown): void;
-}
-
 /** Runs `body`; if it fails, closes `file` (which the buffer would have owned) before rethrowing. */
 async function closingOnFailure<T>(file: BlockDevice, body: () => Promise<T>): Promise<T> {
   try {
@@ -82,14 +76,6 @@ async function closingOnFailure<T>(file: BlockDevice, body: () => Promise<T>): P
     await file.close().catch(() => {});
     throw err;
   }
-}
-
-function deferred(): Deferred {
-  let resolve!: () => void;
-  let reject!: (err: unknown) => void;
-  const promise = new Promise<void>((res, rej) => ((resolve = res), (reject = rej)));
-  promise.catch(() => {}); // a failed batch is reported to the saves that wait on it
-  return { promise, resolve, reject };
 }
 
 /**
@@ -122,9 +108,8 @@ export class CheckpointBuffer {
   /** Saves in progress: a write to the granule waits for this one instead of reading the disk itself. */
   readonly #saving = new Map<number, Promise<void>>();
   /** Granules written to the buffer file, waiting for the next commit. */
-  #pending: number[] = [];
-  #pendingDone: Deferred | undefined;
-  #committing = false;
+  /** Saved granules waiting for their record, one per batch of saves. */
+  readonly #records = new GroupCommit<number>((batch) => this.#commitBatch(batch));
   #commits = 0;
   /** A commit failed: no new save until a new interval starts (the batch's fate on disk is unknown). */
   #failed: IoError | undefined;
@@ -317,47 +302,32 @@ export class CheckpointBuffer {
 
   /** Waits until granule `g`, already written to the buffer file, is durable with its record. */
   #commit(g: number): Promise<void> {
-    this.#pending.push(g);
-    this.#pendingDone ??= deferred();
-    const done = this.#pendingDone.promise;
-    if (!this.#committing) {
-      this.#committing = true;
-      void this.#commitLoop();
-    }
-    return done;
+    return this.#records.add(g);
   }
 
   /**
-   * One batch per round: the buffer's data first, then the record that names it. In `power` mode
-   * the buffer file is fdatasync'ed before the record is written, and the record before the
-   * batch is let go; in `process` mode neither is, and the order rests on each write having
-   * completed (the buffer writes before {@link #commit} was called) before the next is issued.
+   * One batch: the buffer's data first, then the record that names it. In `power` mode the
+   * buffer file is fdatasync'ed before the record is written, and the record before the batch
+   * is let go; in `process` mode neither is, and the order rests on each write having completed
+   * (the buffer writes before {@link #commit} was called) before the next is issued.
    */
-  async #commitLoop(): Promise<void> {
-    while (this.#pending.length > 0) {
-      const batch = this.#pending;
-      const done = this.#pendingDone!;
-      this.#pending = [];
-      this.#pendingDone = undefined;
-      try {
-        if (this.#failed) throw this.#failed;
-        if (this.durability === 'power') {
-          try {
-            await this.#buffer.flush();
-          } catch (err) {
-            throw toIoError(err, 'flush', this.#buffer.description);
-          }
+  async #commitBatch(batch: number[]): Promise<void> {
+    try {
+      if (this.#failed) throw this.#failed;
+      if (this.durability === 'power') {
+        try {
+          await this.#buffer.flush();
+        } catch (err) {
+          throw toIoError(err, 'flush', this.#buffer.description);
         }
-        await this.#log.append(batch);
-        for (const g of batch) this.#saved.add(g);
-        this.#commits++;
-        done.resolve();
-      } catch (err) {
-        this.#failed ??= toIoError(err, 'write', this.#log.path);
-        done.reject(this.#failed);
       }
+      await this.#log.append(batch);
+    } catch (err) {
+      this.#failed ??= toIoError(err, 'write', this.#log.path);
+      throw this.#failed;
     }
-    this.#committing = false;
+    for (const g of batch) this.#saved.add(g);
+    this.#commits++;
   }
 
   /** The commit point of a new interval: the log replaced by an empty one, atomically. */

@@ -1,10 +1,8 @@
-import { randomBytes } from 'node:crypto';
-import { open, readFile, rename, unlink, writeFile } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { readFile } from 'node:fs/promises';
 import { ErrorCode, StateError, toIoError } from '../errors.js';
 import type { JobOwner } from '../state/JobStateFile.js';
 import { REPLICA_DURABILITIES, type ReplicaDurability } from './SavedGranuleLog.js';
-import { syncDirectory } from '../util/syncDirectory.js';
+import { writeFileAtomic } from '../util/writeFileAtomic.js';
 
 /** `format` of every replica state file. */
 export const REPLICA_STATE_FORMAT = 'blockmirror-replica-state';
@@ -174,20 +172,5 @@ export async function readReplicaState(path: string): Promise<ReplicaStateRecord
 export async function writeReplicaState(path: string, given: ReplicaStateRecord): Promise<void> {
   const version = given.durability?.mode === 'process' || given.untrusted !== undefined ? 2 : 1;
   const record: ReplicaStateRecord = { ...given, version };
-  const dir = dirname(path);
-  const temp = join(dir, `.${basename(path)}.${process.pid}-${randomBytes(4).toString('hex')}.tmp`);
-  try {
-    await writeFile(temp, `${JSON.stringify(record, null, 2)}\n`, { flag: 'wx' });
-    const fh = await open(temp, 'r');
-    try {
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    await rename(temp, path);
-  } catch (err) {
-    await unlink(temp).catch(() => {});
-    throw toIoError(err, 'write', path);
-  }
-  await syncDirectory(dir);
+  await writeFileAtomic(path, [Buffer.from(`${JSON.stringify(record, null, 2)}\n`)]);
 }

@@ -9,6 +9,7 @@ import { startMirror } from '../job/startMirror.js';
 import type { CopyMode } from '../job/TrackedDevice.js';
 import { atConsistentPoint } from '../job/transactions.js';
 import { readJobState } from '../state/JobStateFile.js';
+import { LatencyWindow } from '../sched/LatencyWindow.js';
 import { SecondaryDevice } from './SecondaryDevice.js';
 
 /** Backoff of reconnection attempts: from this... */
@@ -19,8 +20,6 @@ export const RECONNECT_MAX_MS = 5000;
 export const DEFAULT_CHECKPOINT_TIMEOUT_MS = 5000;
 /** How often the replication looks at its jobs (state, lag bound, resync). */
 const WATCH_MS = 100;
-/** Checkpoint durations kept for the status's percentiles. */
-const KEPT_DURATIONS = 1000;
 
 /** One replicated disk: a source on this host, its secondary's export and control socket. */
 export interface ReplicationDisk {
@@ -150,7 +149,8 @@ export class Replication extends EventEmitter<ReplicationEvents> {
   #checkpointId = 0;
   #checkpointTime: { iso: string; at: number } | undefined;
   #checkpointing: Promise<CheckpointResult> | undefined;
-  readonly #durations: number[] = [];
+  /** Checkpoint durations (µs), for the status's percentiles. */
+  readonly #durations = new LatencyWindow();
   #watch: NodeJS.Timeout | undefined;
   #timer: NodeJS.Timeout | undefined;
   #stopped = false;
@@ -212,13 +212,13 @@ export class Replication extends EventEmitter<ReplicationEvents> {
   }
 
   status(): ReplicationStatus {
-    const sorted = [...this.#durations].sort((a, b) => a - b);
-    const pct = (q: number): number | null => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]! : null);
+    const d = this.#durations.total();
+    const ms = (micros: number): number | null => (d.count > 0 ? micros / 1000 : null);
     return {
       state: this.#state,
       checkpoint: { id: this.#checkpointId, time: this.#checkpointTime?.iso ?? null },
       secondsSinceCheckpoint: this.#checkpointTime ? (performance.now() - this.#checkpointTime.at) / 1000 : null,
-      checkpointMs: { count: sorted.length, p50: pct(0.5), p99: pct(0.99) },
+      checkpointMs: { count: d.count, p50: ms(d.p50), p99: ms(d.p99) },
       disks: this.#disks.map((d) => {
         const p = d.job.progress();
         return {
@@ -313,8 +313,7 @@ export class Replication extends EventEmitter<ReplicationEvents> {
     const ms = performance.now() - started;
     this.#checkpointId = id;
     this.#checkpointTime = { iso: new Date().toISOString(), at: performance.now() };
-    this.#durations.push(ms);
-    if (this.#durations.length > KEPT_DURATIONS) this.#durations.shift();
+    this.#durations.record(ms * 1000);
     const result = { id, ms, time: this.#checkpointTime.iso };
     this.emit('checkpoint', result);
     return result;

@@ -1,5 +1,6 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import { toIoError, type IoError } from '../errors.js';
+import { GroupCommit } from '../util/GroupCommit.js';
 import { encodeRecord, writeActivityLog, type ActivityLogHeader } from './ActivityLogFile.js';
 
 /** Bytes per log extent by default: DRBD's activity-log extent, 4 MiB. */
@@ -16,21 +17,6 @@ interface HotExtent {
   period: number;
   /** Settles once the record naming this extent is durable; undefined once it is. */
   durable: Promise<void> | undefined;
-}
-
-/** A promise with its settle functions. */
-interface Deferred {
-  readonly promise: Promise<void>;
-  resolve(): void;
-  reject(err: unknown): void;
-}
-
-function deferred(): Deferred {
-  let resolve!: () => void;
-  let reject!: (err: unknown) => void;
-  const promise = new Promise<void>((res, rej) => ((resolve = res), (reject = rej)));
-  promise.catch(() => {}); // a failed commit is reported to the writers that wait, not as unhandled
-  return { promise, resolve, reject };
 }
 
 /** Options of {@link ActivityLog.create}. */
@@ -62,9 +48,8 @@ export class ActivityLog {
   readonly #hot = new Map<number, HotExtent>();
   /** Checkpoint periods: raised when a checkpoint begins. */
   #period = 0;
-  #pending: number[] = [];
-  #pendingDone: Deferred | undefined;
-  #committing = false;
+  /** Records of extents that became hot, one per batch of writers. */
+  readonly #records = new GroupCommit<number>((batch) => this.#commitBatch(batch));
   /** Serializes every change to the file: appends and compactions. */
   #io: Promise<void> = Promise.resolve();
   #failed: IoError | undefined;
@@ -199,42 +184,30 @@ export class ActivityLog {
 
   /** Waits for the records in progress, then closes the file. The log is unusable afterwards. */
   async close(): Promise<void> {
-    while (this.#committing) await new Promise((r) => setImmediate(r));
+    await this.#records.idle();
     await this.#exclusive(() => this.#fh.close());
   }
 
   #schedule(extent: number): Promise<void> {
-    this.#pending.push(extent);
-    this.#pendingDone ??= deferred();
-    const done = this.#pendingDone.promise;
-    if (!this.#committing) {
-      this.#committing = true;
-      void this.#commitLoop();
-    }
-    return done;
+    return this.#records.add(extent);
   }
 
-  /** Appends pending extents, one record per round: writers arriving during a sync share the next. */
-  async #commitLoop(): Promise<void> {
-    while (this.#pending.length > 0) {
-      const batch = this.#pending;
-      const done = this.#pendingDone!;
-      this.#pending = [];
-      this.#pendingDone = undefined;
-      try {
-        if (this.#failed) throw this.#failed;
-        await this.#exclusive(() => this.#append(batch));
-        for (const e of batch) {
-          const h = this.#hot.get(e);
-          if (h && h.durable === done.promise) h.durable = undefined;
-        }
-        done.resolve();
-      } catch (err) {
-        this.#failed ??= toIoError(err, 'write', this.path);
-        done.reject(this.#failed);
-      }
+  /**
+   * Appends one record naming a batch of extents. An extent whose record is pending cannot go
+   * cold (see {@link coolable}), so every extent of the batch is still hot, waiting on this one.
+   */
+  async #commitBatch(batch: number[]): Promise<void> {
+    try {
+      if (this.#failed) throw this.#failed;
+      await this.#exclusive(() => this.#append(batch));
+    } catch (err) {
+      this.#failed ??= toIoError(err, 'write', this.path);
+      throw this.#failed;
     }
-    this.#committing = false;
+    for (const e of batch) {
+      const h = this.#hot.get(e);
+      if (h) h.durable = undefined;
+    }
   }
 
   async #append(extents: readonly number[]): Promise<void> {

@@ -1,12 +1,12 @@
-import { fork, spawn, type ChildProcess } from 'node:child_process';
+import { fork } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { QmpClient } from '../../dist/control/qmp/QmpClient.js';
 import { blockData } from '../fixtures/blockData.mjs';
 import { seededRandom } from '../fixtures/prng.mjs';
+import { startReplicaProcess } from '../helpers/replica.js';
 
-const CLI = resolve(import.meta.dirname, '../../dist/cli/bin.js');
 const PRIMARY = resolve(import.meta.dirname, '../fixtures/replicationPrimary.mjs');
 
 /** What one seed found. */
@@ -47,25 +47,6 @@ function latestMismatches(disk: Buffer, initial: Buffer, journal: string): numbe
   return bad;
 }
 
-/** A `blockmirror replica` on a free TCP port; resolves with its URI once it serves. */
-async function startReplica(disk: string, control: string, state: string): Promise<{ child: ChildProcess; uri: string }> {
-  const child = spawn(process.execPath, [CLI, 'replica', disk, '--export', 'nbd://127.0.0.1:0/disk', '--control', control, '--state', state, '--json'], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let stderr = '';
-  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-  const uri = await new Promise<string>((done, fail) => {
-    let out = '';
-    child.stdout!.on('data', (d: Buffer) => {
-      out += d.toString();
-      const m = /"event":"listening".*?"uri":"([^"]+)"/.exec(out);
-      if (m) done(m[1]!);
-    });
-    child.on('close', (code) => fail(new Error(`replica exited (${code}): ${stderr}`)));
-  });
-  return { child, uri };
-}
-
 /**
  * One seed: a secondary process and a primary process (test/fixtures/replicationPrimary.mjs)
  * over loopback TCP; the primary writes and checkpoints every `intervalMs`; at a random moment
@@ -92,7 +73,7 @@ export async function failoverRound(
   await writeFile(journal, '');
   await writeFile(disk, Buffer.alloc(size));
   const control = join(dir, 'control.sock');
-  const replica = await startReplica(disk, control, join(dir, 'replica-state'));
+  const replica = await startReplicaProcess(disk, control, join(dir, 'replica-state'));
   let checkpoints = 0;
   try {
     const primary = fork(PRIMARY, [source, replica.uri, control, join(dir, 'shadows'), String(seed), String(options.intervalMs ?? 200), 'write-blocking', journal], {

@@ -1,11 +1,12 @@
 /** `blockmirror replicate` through the command line: its disks, its usage errors. */
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { QmpClient } from '../../src/control/qmp/QmpClient.js';
-import { CLI, runCli, useLiveCli } from '../helpers/cli.js';
+import { runCli, useLiveCli } from '../helpers/cli.js';
+import { startReplicaProcess } from '../helpers/replica.js';
 import { useScratchDir } from '../helpers/scratch.js';
 
 const MiB = 1 << 20;
@@ -16,17 +17,7 @@ async function replica(dir: string, name: string): Promise<{ child: ChildProcess
   const disk = join(dir, `${name}.img`);
   await writeFile(disk, Buffer.alloc(4 * MiB));
   const control = join(dir, `${name}.sock`);
-  const child = spawn(process.execPath, [CLI, 'replica', disk, '--export', 'nbd://127.0.0.1:0/disk', '--control', control, '--state', join(dir, `${name}-state`), '--json'], {
-    stdio: ['ignore', 'pipe', 'ignore'],
-  });
-  const uri = await new Promise<string>((done) => {
-    let out = '';
-    child.stdout!.on('data', (d: Buffer) => {
-      out += d.toString();
-      const m = /"uri":"([^"]+)"/.exec(out);
-      if (m) done(m[1]!);
-    });
-  });
+  const { child, uri } = await startReplicaProcess(disk, control, join(dir, `${name}-state`));
   return { child, uri, control, disk };
 }
 

@@ -3,39 +3,25 @@
  * `blockmirror replica` process; the primary is the library's Replication in this process, with a
  * writer that keeps a shadow of what it wrote through the primary's job.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { QmpClient } from '../../src/control/qmp/QmpClient.js';
 import { Replication } from '../../src/replication/Replication.js';
 import { recoverJobState } from '../../src/state/recoverJobState.js';
 import { seededRandom } from '../fixtures/prng.mjs';
+import { startReplicaProcess, type ReplicaProcess } from '../helpers/replica.js';
 import { useScratchDir } from '../helpers/scratch.js';
 
-const CLI = resolve(import.meta.dirname, '../../dist/cli/bin.js');
 const MiB = 1 << 20;
 const BLOCK = 4096;
 const scratch = useScratchDir();
 
 /** A `blockmirror replica` process over TCP (port 0: a free one); resolves once it serves. */
-async function startReplica(disk: string, control: string, state: string, port = '0'): Promise<{ child: ChildProcess; uri: string }> {
-  const child = spawn(process.execPath, [CLI, 'replica', disk, '--export', `nbd://127.0.0.1:${port}/disk`, '--control', control, '--state', state, '--json'], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let stderr = '';
-  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-  const uri = await new Promise<string>((done, fail) => {
-    let out = '';
-    child.stdout!.on('data', (d: Buffer) => {
-      out += d.toString();
-      const m = /"event":"listening".*?"uri":"([^"]+)"/.exec(out);
-      if (m) done(m[1]!);
-    });
-    child.on('close', (code) => fail(new Error(`replica exited (${code}): ${stderr}`)));
-  });
-  return { child, uri };
+function startReplica(disk: string, control: string, state: string, port = '0'): Promise<ReplicaProcess> {
+  return startReplicaProcess(disk, control, state, { port });
 }
 
 /** Writes random blocks through `write` until stopped, keeping the shadow of acknowledged writes. */
