@@ -71,6 +71,7 @@ export { cancelAll, completeAll } from './job/transactions.js';
 /** Copy tuning: defaults, limits, and the libuv thread pool size a queue depth needs. */
 export {
   DEFAULT_CHUNK_SIZE,
+  DEFAULT_COPY_WORKERS,
   DEFAULT_FLUSH_EVERY,
   DEFAULT_QUEUE_DEPTH,
   MAX_CHUNK_SIZE,

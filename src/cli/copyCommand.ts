@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { copyImage, type CopyProgress, type CopyResult, type IoModeOption } from '../job/copyImage.js';
 import { describePlan } from '../sched/IoPlanChooser.js';
-import { DEFAULT_FLUSH_EVERY, DEFAULT_QUEUE_DEPTH } from '../sched/tuning.js';
+import { DEFAULT_COPY_WORKERS, DEFAULT_FLUSH_EVERY, DEFAULT_QUEUE_DEPTH } from '../sched/tuning.js';
 import { formatBytes, formatDuration } from '../util/size.js';
 import { withInterrupt } from './interrupt.js';
 import { addCopyTuningOptions, choiceOption, integerOption, sizeOption, type CopyTuningOptions } from './options.js';
@@ -27,6 +27,7 @@ export function registerCopyCommand(program: Command): void {
       .description('copy an image to a target, ending with the data on disk')
       .argument('<source>', 'raw image file, block device, or NBD URI (nbd://host[:port]/export, nbd+unix:///export?socket=PATH)')
       .argument('<target>', 'file (created, sized to the source, if missing), block device, or NBD URI'),
+    { workers: DEFAULT_COPY_WORKERS },
   )
     .option('-q, --queue-depth <n>', 'copy operations in flight', integerOption('--queue-depth', 1, 1020), DEFAULT_QUEUE_DEPTH)
     .option('--flush-every <size>', 'bytes written between paced flushes (0: only the final flush)', sizeOption('--flush-every'), DEFAULT_FLUSH_EVERY)
@@ -34,12 +35,13 @@ export function registerCopyCommand(program: Command): void {
     .option('--no-zero-detect', 'write zero chunks as data')
     .addOption(choiceOption('--read-mode <mode>', 'read a file source through the page cache (buffered), with O_DIRECT (direct), or measure and choose (auto)', IO_MODES, 'auto'))
     .addOption(choiceOption('--write-mode <mode>', 'write a file target through the page cache, flushed as it goes (buffered), with O_DIRECT (direct), or auto', IO_MODES, 'auto'))
-    .action(async (source: string, target: string, opts: CopyCommandOptions) => {
-      await runCopy(source, target, opts);
+    .action(async (source: string, target: string, opts: CopyCommandOptions, command: Command) => {
+      // A chunk size left at its default lets O_DIRECT phases move larger requests (copyImage's `chunkSize`).
+      await runCopy(source, target, opts, command.getOptionValueSource('chunkSize') !== 'default');
     });
 }
 
-async function runCopy(source: string, target: string, opts: CopyCommandOptions): Promise<void> {
+async function runCopy(source: string, target: string, opts: CopyCommandOptions, chunkAsked: boolean): Promise<void> {
   const bar = ProgressBar.forOptions(opts);
   if (opts.json) {
     emitEvent('start', { source, target, chunkSize: opts.chunkSize, queueDepth: opts.queueDepth, workers: opts.workers });
@@ -52,7 +54,7 @@ async function runCopy(source: string, target: string, opts: CopyCommandOptions)
   try {
     result = await withInterrupt((signal) =>
       copyImage(source, target, {
-        chunkSize: opts.chunkSize,
+        ...(chunkAsked ? { chunkSize: opts.chunkSize } : {}),
         queueDepth: opts.queueDepth,
         workers: opts.workers,
         direct: opts.direct,

@@ -44,10 +44,10 @@ export interface CopyTuningOptions {
 }
 
 /** Adds the options a copy and a mirror share on the command line (see {@link CopyTuningOptions}). */
-export function addCopyTuningOptions(cmd: Command): Command {
+export function addCopyTuningOptions(cmd: Command, defaults: { workers?: number } = {}): Command {
   return cmd
     .option('-c, --chunk-size <size>', 'largest extent one operation copies', sizeOption('--chunk-size'), DEFAULT_CHUNK_SIZE)
-    .option('-w, --workers <n>', 'worker threads', integerOption('--workers', 1, 64), defaultWorkers())
+    .option('-w, --workers <n>', 'worker threads', integerOption('--workers', 1, 64), defaults.workers ?? defaultWorkers())
     .option('--direct', 'bypass the page cache (O_DIRECT)', false)
     .option('--speed <bytes/s>', 'rate limit in bytes per second (0: unlimited)', sizeOption('--speed'), 0)
     .option('--json', 'NDJSON events on stdout instead of a progress bar', false)

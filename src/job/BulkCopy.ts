@@ -3,7 +3,7 @@ import { IoError } from '../errors.js';
 import type { BlockDevice, DeviceSpec } from '../io/BlockDevice.js';
 import { CopyScheduler, type BatchOutcome } from '../sched/CopyScheduler.js';
 import { RangesExtentSource } from '../sched/ExtentSource.js';
-import { IoPlanChooser, type CopyPhase, type IoPlan } from '../sched/IoPlanChooser.js';
+import { IoPlanChooser, type CopyPhase, type IoPlan, type PhaseOutcome } from '../sched/IoPlanChooser.js';
 import { RateLimiter } from '../sched/RateLimiter.js';
 import { DEFAULT_PROGRESS_INTERVAL_MS, PassProgress, type PassProgressReport } from '../sched/PassProgress.js';
 import { batchExtentsFor, STREAM_BYTES, type CopyTuning } from '../sched/tuning.js';
@@ -36,18 +36,38 @@ export interface BulkCopySettings {
    * limit, whose slices are smaller than a stream, nor over NBD.
    */
   readonly streams: boolean;
-  /** The source is mostly holes: its O_DIRECT phases run as hole scans (see {@link HOLE_SCAN}). */
-  readonly sparseSource?: boolean;
+  /** No chunk size was asked for: O_DIRECT phases move {@link DIRECT_REQUESTS}. */
+  readonly largeRequests?: boolean;
+  /** The source is mostly holes and takes O_DIRECT: phases scan it for holes (see {@link HOLE_SCAN}). */
+  readonly holeScan?: boolean;
   readonly started: number;
 }
 
 /**
- * How the O_DIRECT phases of a mostly-hole source run: a hole read with O_DIRECT costs no disk
- * I/O, only the kernel's zero fill and the zero check, both bound by memory. Two streams of
- * 4 MiB reads keep each core's buffer in its cache: 21–24 GB/s of holes here, against 14 GB/s with
- * 16 streams of 1 MiB, and half the CPU (docs/perf.md, "Second wave").
+ * How a mostly-hole source is scanned: with O_DIRECT reads, whatever the plan, since a hole read
+ * that way costs no disk I/O and fills no cache, only the kernel's zero fill and the zero check,
+ * both bound by memory. Two streams of 4 MiB reads keep each core's buffer in its cache: 21–24 GB/s
+ * of holes here, against 14 GB/s with 16 streams of 1 MiB, and half the CPU; 4 or 8 streams took
+ * 1.4–2.4 × as long (docs/perf.md, "Second wave"). A stream that finds data copies it as the
+ * plan says (the page cache may serve it) until it finds holes again.
  */
 export const HOLE_SCAN = { chunkBytes: 4 << 20, streams: 2 } as const;
+
+/**
+ * How the O_DIRECT phases of a copy run when no chunk size is asked for: each O_DIRECT request
+ * costs a system call, a libuv thread hop and a worker message whatever its size, and the disk
+ * takes large ones at least as fast (the block layer splits them at its own limit), so these
+ * phases move 8 MiB per request in a quarter as many streams. Zeros are still found at the chunk
+ * size (`CopyTask.zeroGranule`). 1 GiB here: 1.7–2.0 GB/s and 0.3 CPU-s with 8 MiB, against
+ * 1.2–1.4 GB/s and 0.5–0.7 CPU-s with 1 MiB (docs/perf.md, "Second wave, second pass").
+ */
+export const DIRECT_REQUESTS = { chunkBytes: 8 << 20, streamsPerDepth: 1 / 4 } as const;
+
+/** The requests of a phase: bytes each moves, and streams (or operations) in flight. */
+interface RequestShape {
+  readonly chunk: number;
+  readonly depth: number;
+}
 
 /** Options that reach a running copy. */
 export interface BulkCopyRunOptions {
@@ -91,9 +111,9 @@ export class BulkCopy {
     try {
       for (let phase = chooser.next(); phase && !this.#stopped; phase = chooser.next()) {
         const t0 = performance.now();
-        await this.#runPhase(phase);
+        const outcome = await this.#runPhase(phase, chooser.deadline(phase));
         if (this.#stopped) break;
-        chooser.record(phase, (performance.now() - t0) / 1000);
+        chooser.record(phase, (performance.now() - t0) / 1000, outcome);
       }
       if (this.#failure) throw this.#failure;
       if (options.signal?.aborted) throw this.#progress.interrupted('copied', this.bytesDone, '; the target is incomplete');
@@ -110,48 +130,99 @@ export class BulkCopy {
     return { ...this.#progress.sample(this.bytesDone), bytesWritten: this.bytesWritten, bytesZero: this.bytesZero };
   }
 
-  /** Copies the phase's ranges with its plan; a page-cache target is flushed at its end. */
-  async #runPhase(phase: CopyPhase): Promise<void> {
-    const { tuning, source, target, runner } = this.#s;
-    const holeScan = this.#s.sparseSource === true && phase.plan.read === 'direct' && this.#s.streams;
-    const chunkSize = Math.min(holeScan ? Math.max(tuning.chunkSize, HOLE_SCAN.chunkBytes) : tuning.chunkSize, target.maxRequest, source.maxRequest);
-    const queueDepth = holeScan ? Math.min(tuning.queueDepth, HOLE_SCAN.streams) : tuning.queueDepth;
+  /**
+   * Copies the phase's ranges with its plan; a page-cache target is flushed at its end. A phase
+   * still running `deadline` seconds in is cut short (its streams stop after the extent each is
+   * on); returns the ranges it left uncopied.
+   */
+  async #runPhase(phase: CopyPhase, deadline: number | undefined): Promise<PhaseOutcome> {
+    const { tuning, target, runner } = this.#s;
+    const { streams } = this.#s;
+    const { data, holes } = this.#shapes(phase);
     const buffered = phase.plan.write === 'buffered';
     const pacer = new WritebackPacer(() => target.flush(), buffered ? tuning.flushEvery : 0);
-    const { streams } = this.#s;
     // Every stream of a phase runs at once: a trial phase shorter than queueDepth streams of
     // STREAM_BYTES gets shorter streams, so it measures the copy at its full depth.
     const bytes = phase.ranges.reduce((n, [start, end]) => n + end - start, 0);
-    const streamBytes = Math.max(chunkSize, Math.min(STREAM_BYTES, Math.floor(bytes / queueDepth / chunkSize) * chunkSize));
+    const streamExtents = ({ chunk, depth }: RequestShape): number => Math.max(1, Math.floor(Math.min(STREAM_BYTES, Math.floor(bytes / depth / chunk) * chunk) / chunk));
+    const initial = holes ?? data;
+    const [done0, zero0] = [this.bytesDone, this.bytesZero];
+    const cancel = deadline !== undefined && streams ? new Int32Array(new SharedArrayBuffer(4)) : undefined;
+    const uncopied: Array<[number, number]> = [];
     const scheduler = new CopyScheduler({
       pool: runner,
-      source: specFor(this.#s.sourceSpec, phase.plan.read),
+      source: specFor(this.#s.sourceSpec, holes ? 'direct' : phase.plan.read),
       target: specFor(this.#s.targetSpec, phase.plan.write),
-      chunkSize,
-      queueDepth,
-      batchExtents: streams ? Math.max(1, Math.floor(streamBytes / chunkSize)) : batchExtentsFor(queueDepth, tuning.workers),
+      chunkSize: initial.chunk,
+      queueDepth: initial.depth,
+      batchExtents: streams ? streamExtents(initial) : batchExtentsFor(initial.depth, tuning.workers),
       streams,
       detectZeroes: this.#s.detectZeroes,
+      ...(Math.max(initial.chunk, data.chunk) > tuning.chunkSize ? { zeroGranule: tuning.chunkSize } : {}),
+      ...(cancel ? { cancel } : {}),
       targetIsZero: this.#s.targetIsZero,
       limiter: this.#limiter,
       onBatch: (outcome) => {
-        this.#account(outcome);
+        this.#account(outcome, uncopied);
+        if (holes) {
+          // A hole scan that reaches data copies it as the plan says, and goes back to scanning
+          // at the next stream of holes.
+          const scanning = outcome.result.bytesZero * 2 >= outcome.bytes;
+          const shape = scanning ? holes : data;
+          Object.assign(scheduler.options, {
+            chunkSize: shape.chunk,
+            queueDepth: shape.depth,
+            batchExtents: streamExtents(shape),
+            source: specFor(this.#s.sourceSpec, scanning ? 'direct' : phase.plan.read),
+          });
+        }
         pacer.noteWritten(outcome.result.bytesWritten);
         if (this.#failure || pacer.error) this.#stop();
       },
     });
     this.#scheduler = scheduler;
+    const ranges = new RangesExtentSource(phase.ranges);
+    let cut = false;
+    const timer = cancel
+      ? setTimeout(() => {
+          cut = true;
+          Atomics.store(cancel, 0, 1);
+          scheduler.stop();
+        }, deadline! * 1000)
+      : undefined;
     try {
-      await scheduler.run(new RangesExtentSource(phase.ranges));
+      await scheduler.run(ranges);
+      clearTimeout(timer);
       await pacer.settle();
       // Write-back deferred by the page cache is a trial's cost: paid here, not by the next
       // phase. A run segment leaves it to the pacer's flushes and the final one, as a copy
       // through the page cache is best run (the kernel writes back while the copy goes on).
-      if (buffered && phase.trial && !this.#stopped) await target.flush();
+      // A trial cut short has lost already; its writes are flushed with the copy's.
+      if (buffered && phase.trial && !this.#stopped && !cut) await target.flush();
     } finally {
+      clearTimeout(timer);
       this.pacedFlushes += pacer.flushes;
       this.#scheduler = undefined;
     }
+    if (cut) uncopied.push(...ranges.rest());
+    const copied = this.bytesDone - done0;
+    return { uncopied: uncopied.sort((a, b) => a[0] - b[0]), ...(holes ? { dataBytes: copied - (this.bytesZero - zero0) } : {}) };
+  }
+
+  /**
+   * How a phase's requests are shaped: `data` for data, and for the O_DIRECT phases of a
+   * mostly-hole source also `holes`, the shape it starts in and returns to at each stream of holes.
+   */
+  #shapes(phase: CopyPhase): { data: RequestShape; holes?: RequestShape } {
+    const { tuning, source, target, streams } = this.#s;
+    const fit = (shape: RequestShape): RequestShape => ({ ...shape, chunk: Math.min(shape.chunk, target.maxRequest, source.maxRequest) });
+    const direct = streams && (phase.plan.read === 'direct' || phase.plan.write === 'direct');
+    const data =
+      direct && this.#s.largeRequests === true
+        ? { chunk: Math.max(tuning.chunkSize, DIRECT_REQUESTS.chunkBytes), depth: Math.max(1, Math.ceil(tuning.queueDepth * DIRECT_REQUESTS.streamsPerDepth)) }
+        : { chunk: tuning.chunkSize, depth: tuning.queueDepth };
+    if (!(this.#s.holeScan === true && streams)) return { data: fit(data) };
+    return { data: fit(data), holes: fit({ chunk: Math.max(tuning.chunkSize, HOLE_SCAN.chunkBytes), depth: Math.min(tuning.queueDepth, HOLE_SCAN.streams) }) };
   }
 
   #stop(): void {
@@ -159,17 +230,23 @@ export class BulkCopy {
     this.#scheduler?.stop();
   }
 
-  #account({ extents, bytes, result }: BatchOutcome): void {
+  /** Counts a finished batch; the extents a cut stream left untouched go to `uncopied`. */
+  #account({ extents, bytes, result }: BatchOutcome, uncopied: Array<[number, number]>): void {
     this.bytesWritten += result.bytesWritten;
     this.bytesZero += result.bytesZero;
-    let failed = 0;
+    let notDone = 0;
+    for (let i = result.stoppedAt ?? extents.length / 2; i < extents.length / 2; i++) {
+      const offset = extents[2 * i]!;
+      notDone += extents[2 * i + 1]!;
+      uncopied.push([offset, offset + extents[2 * i + 1]!]);
+    }
     for (const f of result.failures) {
       const offset = extents[2 * f.index]!;
       const length = extents[2 * f.index + 1]!;
-      failed += length;
+      notDone += length;
       this.#failure ??= new IoError(f.errno, f.operation, f.message, { offset, length });
     }
-    this.bytesDone += bytes - failed;
+    this.bytesDone += bytes - notDone;
   }
 }
 

@@ -5,10 +5,10 @@ import { checkLocation, describeValue, deviceSpecFor } from '../io/location.js';
 import { openDevice } from '../io/openDevice.js';
 import { checkTargetSize, prepareTarget } from '../io/prepareTarget.js';
 import { IoPlanChooser, type IoMode, type IoPlanChoice } from '../sched/IoPlanChooser.js';
-import { TASKS_PER_WORKER, resolveTuning, type CopyTuning } from '../sched/tuning.js';
-import { createCopyRunner } from '../workers/createCopyRunner.js';
+import { DEFAULT_COPY_WORKERS, TASKS_PER_WORKER, resolveTuning, type CopyTuning } from '../sched/tuning.js';
+import { createCopyRunner, startCopyPool } from '../workers/createCopyRunner.js';
 import { BulkCopy } from './BulkCopy.js';
-import { askedMode, ioModeCandidates } from './ioModeCandidates.js';
+import { askedMode, ioModeCandidates, type IoModeCandidates } from './ioModeCandidates.js';
 import type { CopyProgress } from './BulkCopy.js';
 
 export type { CopyProgress } from './BulkCopy.js';
@@ -18,6 +18,14 @@ export { DEFAULT_PROGRESS_INTERVAL_MS } from '../sched/PassProgress.js';
 
 /** Options of {@link copyImage}. Sizes are in bytes. */
 export interface CopyOptions extends Partial<CopyTuning> {
+  /**
+   * Largest extent one operation copies, and the size at which zero chunks are found (default
+   * 1 MiB). Left unset, the O_DIRECT phases of a copy between files move 8 MiB per request,
+   * cheaper per byte, and still find zeros at 1 MiB.
+   */
+  chunkSize?: number;
+  /** Worker threads (default {@link DEFAULT_COPY_WORKERS}: one, as the requests are large). */
+  workers?: number;
   /**
    * Bypass the page cache with O_DIRECT on both sides (aligned buffers; the unaligned tail goes
    * through the cache): the same as `readMode` and `writeMode` 'direct'.
@@ -87,7 +95,7 @@ export async function copyImage(options: CopyImageOptions): Promise<CopyResult>;
 export async function copyImage(source: string, target: string, options?: CopyOptions): Promise<CopyResult>;
 export async function copyImage(first: string | CopyImageOptions, second?: string, third?: CopyOptions): Promise<CopyResult> {
   const { source, target, options } = copyArguments(first, second, third);
-  const tuning = resolveTuning(options);
+  const tuning = resolveTuning({ ...options, workers: options.workers ?? DEFAULT_COPY_WORKERS });
   for (const side of ['readMode', 'writeMode'] as const) {
     const mode = options[side];
     if (mode !== undefined && mode !== 'auto' && mode !== 'buffered' && mode !== 'direct') {
@@ -100,19 +108,22 @@ export async function copyImage(first: string | CopyImageOptions, second?: strin
   // (sizes and flushes, and the copy itself where an NBD export keeps it on this thread).
   const sourceSpec = deviceSpecFor(source, { role: 'source', writable: false, direct: askedMode(options, 'readMode') === 'direct' });
   const targetSpec = deviceSpecFor(target, { role: 'target', writable: true, direct: askedMode(options, 'writeMode') === 'direct' });
-  const src = await openDevice(sourceSpec);
+  const files = sourceSpec.kind === 'file' && targetSpec.kind === 'file';
+  const streams = tuning.speed === 0 && files;
+  // Every stream is one task, so each worker must run its share of them at once.
+  const tasksPerWorker = streams ? Math.ceil(tuning.queueDepth / tuning.workers) : TASKS_PER_WORKER;
+  let pool = files && tuning.workers > 0 ? startCopyPool(tuning.workers, tasksPerWorker, { source: sourceSpec, target: targetSpec }) : undefined;
+  let src: BlockDevice | undefined;
   let dst: BlockDevice | undefined;
   try {
+    src = await openDevice(sourceSpec);
     const { created } = await prepareTarget(targetSpec, sourceSpec, src.size);
     dst = await openDevice(targetSpec);
     checkTargetSize(target, dst.size, src.size);
-    const files = sourceSpec.kind === 'file' && targetSpec.kind === 'file';
-    const streams = tuning.speed === 0 && files;
-    // Every stream is one task, so each worker must run its share of them at once.
-    const tasksPerWorker = streams ? Math.ceil(tuning.queueDepth / tuning.workers) : TASKS_PER_WORKER;
     // Only two files are copied by the worker pool; an NBD export keeps the copy on this thread.
     const modes = await ioModeCandidates(sourceSpec, targetSpec, options, { pooled: files, limited: tuning.speed > 0, size: src.size });
-    const { runner, plan } = createCopyRunner(src, dst, sourceSpec, { workers: tuning.workers, tasksPerWorker });
+    const { runner, plan } = createCopyRunner(src, dst, sourceSpec, { workers: tuning.workers, tasksPerWorker, pool });
+    pool = undefined; // the copy's run closes it from here on
     const runTuning = plan.inline ? { ...tuning, workers: 1 } : tuning;
     const chunkSize = Math.min(tuning.chunkSize, dst.maxRequest, src.maxRequest);
     // The warm-up gives every operation in flight one chunk: each worker opens its handles and buffers.
@@ -128,7 +139,8 @@ export async function copyImage(first: string | CopyImageOptions, second?: strin
       detectZeroes: options.detectZeroes ?? true,
       targetIsZero: created || options.targetIsZero === true,
       streams,
-      sparseSource: modes.sparse,
+      largeRequests: options.chunkSize === undefined,
+      holeScan: modes.holeScan,
       started,
     });
     await run.run(options);
@@ -142,11 +154,17 @@ export async function copyImage(first: string | CopyImageOptions, second?: strin
       pacedFlushes: run.pacedFlushes,
       tuning: runTuning,
       note: plan.note,
-      io: modes.why ? { ...io, basis: 'fixed', reason: modes.why } : modes.note ? { ...io, reason: `${io.reason}; ${modes.note}` } : io,
+      io: describeChoice(io, modes),
     };
   } finally {
-    await Promise.all([src.close(), dst?.close()]);
+    await Promise.all([src?.close(), dst?.close(), pool?.close()]);
   }
+}
+
+/** The chooser's choice, with what the candidates add: why nothing was measured, what was left out, the hole scan. */
+function describeChoice(io: IoPlanChoice, modes: IoModeCandidates): IoPlanChoice {
+  const reason = [modes.why ?? io.reason, modes.why ? undefined : modes.note, modes.holeScan ? 'holes found by O_DIRECT scans (the source is mostly holes)' : undefined];
+  return { ...io, ...(modes.why ? { basis: 'fixed' as const } : {}), reason: reason.filter(Boolean).join('; ') };
 }
 
 /** Both of {@link copyImage}'s argument shapes, checked, as one. */

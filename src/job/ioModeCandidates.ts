@@ -10,8 +10,12 @@ export interface IoModeCandidates {
   readonly writeModes: readonly IoMode[];
   /** Why the plan is fixed without measuring (set only when that is not because it was asked for). */
   readonly why?: string;
-  /** The source is a file with less than half of it allocated: mostly holes. */
-  readonly sparse?: boolean;
+  /**
+   * The source is a file with less than half of it allocated (mostly holes) that takes O_DIRECT:
+   * the copy scans it for holes with O_DIRECT reads, whatever the plan, and reads the data it
+   * finds as the plan says (see job/BulkCopy.ts `HOLE_SCAN`).
+   */
+  readonly holeScan?: boolean;
   /** Why some modes were left out (added to the choice's reason). */
   readonly note?: string;
 }
@@ -24,7 +28,7 @@ export interface IoModeCandidates {
 export const LARGE_WRITE_SHARE = 0.25;
 export const LARGE_READ_SHARE = 0.5;
 
-/** A source with less than this share of its size allocated is read with O_DIRECT first: its holes read fast that way and fill no cache. */
+/** A source with less than this share of its size allocated is scanned for holes with O_DIRECT: they read fast that way and fill no cache. */
 const SPARSE_ALLOCATED_SHARE = 0.5;
 
 /** The mode `options` ask for on one side, if they ask for one. */
@@ -39,7 +43,8 @@ export function askedMode(options: CopyOptions, side: 'readMode' | 'writeMode'):
  * through the worker pool chooses (an NBD export has no page cache of ours; a rate-limited copy
  * is not limited by its I/O, so measuring it would tell nothing). Ties go to O_DIRECT writes,
  * which keep the page cache small, and to buffered reads, which use what the cache already
- * holds, except for a sparse source (see {@link SPARSE_ALLOCATED_SHARE}).
+ * holds. Of a sparse source only the data can reach the page cache (its holes are scanned with
+ * O_DIRECT), so its allocated bytes, not its size, are weighed against memory.
  */
 export async function ioModeCandidates(
   source: DeviceSpec,
@@ -52,44 +57,40 @@ export async function ioModeCandidates(
   if (source.kind !== 'file' || target.kind !== 'file' || !pooled) {
     return { readModes: [askedRead ?? 'buffered'], writeModes: [askedWrite ?? 'buffered'], why: askedRead || askedWrite ? undefined : 'not measured: an NBD export is one side' };
   }
-  const [sparse, readDirect, writeDirect] = await Promise.all([
-    isSparse(source.path),
+  const [allocation, readDirect, writeDirect] = await Promise.all([
+    allocationOf(source.path),
     askedRead ? Promise.resolve(true) : directSupported(source.path, false),
     askedWrite ? Promise.resolve(true) : directSupported(target.path, true),
   ]);
+  const sparse = allocation.size > 0 && allocation.allocated < SPARSE_ALLOCATED_SHARE * allocation.size;
+  const holeScan = sparse && readDirect && askedRead !== 'buffered';
   if (limited && !(askedRead && askedWrite)) {
     return {
-      sparse,
+      holeScan,
       readModes: [askedRead ?? 'buffered'],
       writeModes: [askedWrite ?? (writeDirect ? 'direct' : 'buffered')],
       why: 'not measured: the copy is rate-limited, so its I/O mode does not set its speed; O_DIRECT writes, where the file system takes them, keep the page cache small',
     };
   }
-  const bigRead = size > LARGE_READ_SHARE * memoryBytes;
-  const bigWrite = size > LARGE_WRITE_SHARE * memoryBytes;
-  const readModes: IoMode[] = askedRead
-    ? [askedRead]
-    : !readDirect
-      ? ['buffered']
-      : bigRead
-        ? ['direct']
-        : sparse
-          ? ['direct', 'buffered']
-          : ['buffered', 'direct'];
+  const cacheable = holeScan ? Math.min(size, allocation.allocated) : size;
+  const bigRead = cacheable > LARGE_READ_SHARE * memoryBytes;
+  const bigWrite = cacheable > LARGE_WRITE_SHARE * memoryBytes;
+  const readModes: IoMode[] = askedRead ? [askedRead] : !readDirect ? ['buffered'] : bigRead ? ['direct'] : ['buffered', 'direct'];
   const writeModes: IoMode[] = askedWrite ? [askedWrite] : !writeDirect ? ['buffered'] : bigWrite ? ['direct'] : ['direct', 'buffered'];
   const left = [!askedWrite && writeDirect && bigWrite ? 'writes' : '', !askedRead && readDirect && bigRead ? 'reads' : ''].filter(Boolean);
   const note = left.length
-    ? `page-cache ${left.join(' and ')} not tried: the image is larger than ${left.includes('reads') ? 'half' : 'a quarter'} of memory, and its pages would push the host's other pages out`
+    ? `page-cache ${left.join(' and ')} not tried: the image${holeScan ? "'s data" : ''} is larger than ${left.includes('reads') ? 'half' : 'a quarter'} of memory, and its pages would push the host's other pages out`
     : undefined;
   if (readModes.length === 1 && writeModes.length === 1 && !(askedRead && askedWrite)) {
-    return { readModes, writeModes, sparse, why: note ? `not measured: ${note}` : 'not measured: the file system refuses O_DIRECT, so the page cache is the only way' };
+    return { readModes, writeModes, holeScan, why: note ? `not measured: ${note}` : 'not measured: the file system refuses O_DIRECT, so the page cache is the only way' };
   }
-  return { readModes, writeModes, sparse, ...(note ? { note } : {}) };
+  return { readModes, writeModes, holeScan, ...(note ? { note } : {}) };
 }
 
-async function isSparse(path: string): Promise<boolean> {
+/** A regular file's size and the bytes it has allocated (nothing for other files: a block device has no holes to find). */
+async function allocationOf(path: string): Promise<{ size: number; allocated: number }> {
   const st = await stat(path);
-  return st.isFile() && st.size > 0 && st.blocks * 512 < SPARSE_ALLOCATED_SHARE * st.size;
+  return st.isFile() ? { size: st.size, allocated: st.blocks * 512 } : { size: 0, allocated: 0 };
 }
 
 /** False where the file system refuses O_DIRECT (tmpfs, some FUSE and network file systems). */

@@ -19,7 +19,8 @@ export interface TaskRunner {
 /** What the scheduler copies, from where to where, and how hard. */
 export interface CopySchedulerOptions {
   readonly pool: TaskRunner;
-  readonly source: DeviceSpec;
+  /** Where extents are read from; may change between batches (a bulk copy's hole scan reads data otherwise). */
+  source: DeviceSpec;
   readonly target: DeviceSpec;
   /** Largest extent handed to a worker. */
   chunkSize: number;
@@ -33,6 +34,10 @@ export interface CopySchedulerOptions {
    */
   readonly streams?: boolean;
   readonly detectZeroes: boolean;
+  /** See `CopyTask.zeroGranule`. */
+  readonly zeroGranule?: number;
+  /** See `CopyTask.cancel`: handed to every task. */
+  readonly cancel?: Int32Array;
   readonly targetIsZero: boolean;
   readonly limiter: RateLimiter;
   /** Called on the coordinator thread as each batch finishes. */
@@ -139,7 +144,7 @@ export class CopyScheduler {
         await this.#sleep(delay);
         continue;
       }
-      const room = o.streams ? o.batchExtents : Math.min(o.batchExtents, o.queueDepth - this.#inFlightOperations, this.#extentsPerSlice());
+      const room = o.streams ? this.#streamExtents(source) : Math.min(o.batchExtents, o.queueDepth - this.#inFlightOperations, this.#extentsPerSlice());
       const extents: number[] = [];
       const count = source.take(extents, room, o.chunkSize);
       if (count === 0) {
@@ -154,6 +159,17 @@ export class CopyScheduler {
       this.#dispatch(extents, count);
     }
     await this.drain();
+  }
+
+  /**
+   * A stream's length: `batchExtents`, shortened once what is left would not give every stream
+   * that much (guided self-scheduling), so the streams of a phase end together rather than one
+   * long stream running on alone while the others are done.
+   */
+  #streamExtents(source: ExtentSource): number {
+    const { batchExtents, queueDepth, chunkSize } = this.options;
+    if (source.remaining === undefined) return batchExtents;
+    return Math.max(1, Math.min(batchExtents, Math.ceil(source.remaining / chunkSize / queueDepth)));
   }
 
   /** Under a rate limit, a task carries no more than one slice's quota (but at least one extent). */
@@ -179,6 +195,8 @@ export class CopyScheduler {
       detectZeroes: o.detectZeroes,
       targetIsZero: o.targetIsZero,
       ...(o.streams ? { sequential: true } : {}),
+      ...(o.zeroGranule !== undefined ? { zeroGranule: o.zeroGranule } : {}),
+      ...(o.cancel ? { cancel: o.cancel } : {}),
       ...(o.preemptAfterRead ? { preemptAfterRead: true } : {}),
     };
     const done = o.pool

@@ -10,6 +10,8 @@ export interface ExtentSource {
   take(out: number[], maxExtents: number, maxBytes: number): number;
   /** True once `take` will never return more work. A live mirror's source never is. */
   readonly exhausted: boolean;
+  /** Bytes not yet handed out, where the source knows (a bulk copy's phase does; a live mirror's does not). */
+  readonly remaining?: number;
 }
 
 /** The whole image, front to back, once: a bulk copy. */
@@ -48,14 +50,31 @@ export class RangesExtentSource implements ExtentSource {
   readonly #ranges: ReadonlyArray<readonly [number, number]>;
   #index = 0;
   #next: number;
+  #remaining: number;
 
   constructor(ranges: ReadonlyArray<readonly [number, number]>) {
     this.#ranges = ranges;
     this.#next = ranges[0]?.[0] ?? 0;
+    this.#remaining = ranges.reduce((n, [start, end]) => n + Math.max(0, end - start), 0);
   }
 
   get exhausted(): boolean {
     return this.#index >= this.#ranges.length;
+  }
+
+  get remaining(): number {
+    return this.#remaining;
+  }
+
+  /** The ranges not yet handed out, in order. */
+  rest(): Array<[number, number]> {
+    const rest: Array<[number, number]> = [];
+    for (let i = this.#index; i < this.#ranges.length; i++) {
+      const [start, end] = this.#ranges[i]!;
+      const from = i === this.#index ? this.#next : start;
+      if (from < end) rest.push([from, end]);
+    }
+    return rest;
   }
 
   take(out: number[], maxExtents: number, maxBytes: number): number {
@@ -66,6 +85,7 @@ export class RangesExtentSource implements ExtentSource {
       if (length > 0) {
         out.push(this.#next, length);
         this.#next += length;
+        this.#remaining -= length;
         n++;
       }
       if (this.#next >= end) this.#next = this.#ranges[++this.#index]?.[0] ?? end;

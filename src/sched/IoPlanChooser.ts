@@ -65,9 +65,9 @@ export interface CopyPhase {
 export const MIN_MEASURED_BYTES = 256 << 20;
 /** Bounds of the bytes each plan copies in a trial (otherwise 1/16 of the image). */
 export const MIN_TRIAL_BYTES = 64 << 20;
-export const MAX_TRIAL_BYTES = 256 << 20;
+export const MAX_TRIAL_BYTES = 128 << 20;
 /** Copies smaller than this keep the preferred read mode: a second trial window would cost more than it could win. */
-export const MIN_READ_TRIAL_BYTES = 2 << 30;
+export const MIN_READ_TRIAL_BYTES = 2 * 2 ** 30;
 /** A trial window is dealt to the plans in slices of this many chunks, and at least {@link MIN_SLICE_BYTES}. */
 export const SLICE_CHUNKS = 8;
 export const MIN_SLICE_BYTES = 4 << 20;
@@ -83,6 +83,23 @@ export const SLOWDOWN_FACTOR = 1.5;
 export const SLOW_SEGMENTS = 2;
 /** A runner-up this many times slower than the plan in force is not tried again: its gap is the kind a disk does not close. */
 export const HOPELESS_FACTOR = 2;
+
+/**
+ * A trial in which a plan copied less than this share of its bytes as data (a window of a
+ * hole-scanned source that fell on holes, which every plan scans alike) tells the plans apart
+ * no better than noise: its window is dealt again further on.
+ */
+export const MIN_TRIAL_DATA_SHARE = 0.25;
+/** Windows in a row dealt again for want of data before the chooser gives up looking (an image of holes has no data to find). */
+export const MAX_THIN_WINDOWS = 8;
+
+/** What a phase did, as {@link IoPlanChooser.record} takes it. */
+export interface PhaseOutcome {
+  /** Ranges of a trial cut short at its {@link IoPlanChooser.deadline}, left uncopied. */
+  readonly uncopied?: ReadonlyArray<readonly [number, number]>;
+  /** Bytes copied as data (not found zero), where holes are scanned rather than copied. */
+  readonly dataBytes?: number;
+}
 
 /** What the chooser may pick from. */
 export interface IoPlanChooserOptions {
@@ -115,8 +132,8 @@ export class IoPlanChooser {
   #cursor = 0;
   /** Phases of the window being dealt, still to run. */
   #queue: CopyPhase[] = [];
-  /** Rates measured in the window being dealt, by plan. */
-  #window = new Map<string, { plan: IoPlan; rate: number }>();
+  /** Rates measured in the window being dealt, by plan; `thin`: too little data to count (see {@link MIN_TRIAL_DATA_SHARE}). */
+  #window = new Map<string, { plan: IoPlan; rate: number; thin: boolean }>();
   /** Latest measured rate of each plan, by plan. */
   readonly #latest = new Map<string, { plan: IoPlan; rate: number }>();
   #plan: IoPlan;
@@ -131,6 +148,10 @@ export class IoPlanChooser {
   #runBytes: number;
   /** The next re-trial starts once the chosen plan has covered this offset. */
   #retryAt = Number.POSITIVE_INFINITY;
+  /** Trial windows in a row that held too little data. */
+  #thinWindows = 0;
+  /** Ranges of trials cut short, still to copy (with the plan in force, before going on). */
+  #leftovers: Array<readonly [number, number]> = [];
 
   constructor(options: IoPlanChooserOptions) {
     this.#o = options;
@@ -189,6 +210,12 @@ export class IoPlanChooser {
   next(): CopyPhase | undefined {
     const queued = this.#queue[0];
     if (queued) return queued;
+    if (this.#leftovers.length > 0) {
+      const phase: CopyPhase = { ranges: this.#leftovers, plan: this.#plan, trial: false };
+      this.#leftovers = [];
+      this.#queue.push(phase);
+      return phase;
+    }
     const { size } = this.#o;
     if (this.#cursor >= size) return undefined;
     if (this.#settled && this.#cursor >= this.#retryAt) {
@@ -207,10 +234,27 @@ export class IoPlanChooser {
     return phase;
   }
 
-  /** Records how long the phase {@link next} returned took, its flush included. */
-  record(phase: CopyPhase, seconds: number): void {
+  /**
+   * Seconds after which the trial `phase` has lost, so the copy may cut it short: the time the
+   * window's fastest plan so far took for as many bytes. Only a window's first plan has none, and
+   * it is the one a later plan must beat by {@link SWITCH_MARGIN}, so a trial still running then
+   * cannot win. (A page-cache trial on this VM once took 1.1 s for what O_DIRECT wrote in 0.2 s.)
+   */
+  deadline(phase: CopyPhase): number | undefined {
+    if (!phase.trial || this.#window.size === 0) return undefined;
+    const fastest = Math.max(...[...this.#window.values()].map((m) => m.rate));
+    return bytesOf(phase) / fastest;
+  }
+
+  /**
+   * Records how long the phase {@link next} returned took, its flush included, and what it did
+   * (see {@link PhaseOutcome}). A trial cut short is rated on what it did copy, and the chooser
+   * hands the rest out again.
+   */
+  record(phase: CopyPhase, seconds: number, { uncopied = [], dataBytes }: PhaseOutcome = {}): void {
     if (this.#queue[0] === phase) this.#queue.shift();
-    const bytes = phase.ranges.reduce((n, [s, e]) => n + e - s, 0);
+    this.#leftovers.push(...uncopied);
+    const bytes = bytesOf(phase) - uncopied.reduce((n, [s, e]) => n + e - s, 0);
     const rate = bytes / Math.max(seconds, 1e-6);
     if (!phase.trial) {
       if (phase.warmup) return;
@@ -229,11 +273,25 @@ export class IoPlanChooser {
       }
       return;
     }
-    this.#trials.push({ plan: phase.plan, bytes, seconds, rate });
-    this.#window.set(keyOf(phase.plan), { plan: phase.plan, rate });
-    this.#latest.set(keyOf(phase.plan), { plan: phase.plan, rate });
+    const thin = dataBytes !== undefined && dataBytes < MIN_TRIAL_DATA_SHARE * bytes;
+    this.#window.set(keyOf(phase.plan), { plan: phase.plan, rate, thin });
+    if (!thin) {
+      this.#trials.push({ plan: phase.plan, bytes, seconds, rate });
+      this.#latest.set(keyOf(phase.plan), { plan: phase.plan, rate });
+    }
     if (this.#queue.some((p) => p.trial)) return;
-    this.#decide();
+    if (![...this.#window.values()].some((m) => m.thin)) {
+      this.#thinWindows = 0;
+      this.#decide();
+    } else if (++this.#thinWindows > MAX_THIN_WINDOWS || !this.#deal([...this.#window.values()].map((m) => m.plan))) {
+      this.#thinWindows = 0;
+      if (this.#settled) this.#retryAt = this.#cursor + this.#runBytes; // a re-trial that found no data: the plan in force goes on
+      else {
+        this.#settled = true;
+        this.#basis = 'fixed';
+        this.#reason = 'not measured: the trial windows held too little data to tell the plans apart (the source is mostly holes, which every plan scans alike)';
+      }
+    }
   }
 
   /** Deals the window at the cursor to `plans` in slices; false when too little of the image is left for a fair deal. */
@@ -308,6 +366,10 @@ export class IoPlanChooser {
   #end(start: number, length: number): number {
     return Math.min(this.#o.size, alignUp(start + length, this.#o.alignment));
   }
+}
+
+function bytesOf(phase: CopyPhase): number {
+  return phase.ranges.reduce((n, [start, end]) => n + end - start, 0);
 }
 
 function alignUp(n: number, alignment: number): number {

@@ -19,6 +19,18 @@ export interface CopyTask {
    * readahead then serves each stream's next read (see docs/perf.md, "Bulk copy").
    */
   readonly sequential?: boolean;
+  /**
+   * Zero detection looks at pieces of this many bytes of each extent rather than the whole of
+   * it: a bulk copy's O_DIRECT phases move large extents (fewer, cheaper requests), yet keep the
+   * target as sparse as the chunk size says. Unset: the whole extent is one piece.
+   */
+  readonly zeroGranule?: number;
+  /**
+   * A flag shared with the coordinator (one Int32 over a SharedArrayBuffer): once it is set, a
+   * stream (`sequential`) copies no further extents. A bulk copy sets it to cut short a trial
+   * that is already hopelessly slower than another plan.
+   */
+  readonly cancel?: Int32Array;
   /** @internal Tests of the stress test only: pause between each read and its write (see util/preemption.ts). */
   readonly preemptAfterRead?: boolean;
 }
@@ -44,4 +56,6 @@ export interface CopyTaskResult {
   /** Per extent: microseconds the target write took (0 where nothing was written, NaN where it did not run). */
   readonly writeMicros: Float64Array;
   readonly failures: readonly CopyFailure[];
+  /** Set when `cancel` stopped the stream: the extents from this index on were not touched. */
+  readonly stoppedAt?: number;
 }

@@ -8,7 +8,7 @@ import { BufferPool } from './BufferPool.js';
 import type { CopyFailure, CopyTask, CopyTaskResult } from './CopyTask.js';
 
 /** What a copy of a batch needs from its task (the device specs are resolved already). */
-export type CopyBatch = Pick<CopyTask, 'extents' | 'detectZeroes' | 'targetIsZero' | 'sequential' | 'preemptAfterRead'>;
+export type CopyBatch = Pick<CopyTask, 'extents' | 'detectZeroes' | 'targetIsZero' | 'sequential' | 'preemptAfterRead' | 'zeroGranule' | 'cancel'>;
 
 interface Totals {
   bytesWritten: number;
@@ -45,7 +45,12 @@ export class ExtentCopier {
     const failures: CopyFailure[] = [];
     const totals: Totals = { bytesWritten: 0, bytesZero: 0 };
     if (task.sequential) {
-      for (let i = 0; i < count; i++) await this.#copyOne(task, i, readMicros, writeMicros, failures, totals);
+      for (let i = 0; i < count; i++) {
+        if (task.cancel && Atomics.load(task.cancel, 0) !== 0) {
+          return { bytesWritten: totals.bytesWritten, bytesZero: totals.bytesZero, readMicros, writeMicros, failures, stoppedAt: i };
+        }
+        await this.#copyOne(task, i, readMicros, writeMicros, failures, totals);
+      }
     } else {
       const work: Promise<void>[] = [];
       for (let i = 0; i < count; i++) work.push(this.#copyOne(task, i, readMicros, writeMicros, failures, totals));
@@ -77,16 +82,16 @@ export class ExtentCopier {
       readMicros[index] = (t1 - t0) * 1000;
       if (task.preemptAfterRead) await preemption(COPY_PREEMPTION_MS);
       operation = 'write';
-      if (task.detectZeroes && (knownZero || isAllZero(buf))) {
-        totals.bytesZero += length;
-        if (!task.targetIsZero) {
-          // Not `totals.bytesWritten += await ...`: that reads the total before the await and loses concurrent updates.
-          const written = await this.#zeroTarget(buf, offset);
-          totals.bytesWritten += written;
-        }
-      } else {
-        await target.write(buf, offset);
-        totals.bytesWritten += length;
+      const granule = task.detectZeroes && !knownZero && task.zeroGranule !== undefined && task.zeroGranule < length ? task.zeroGranule : length;
+      const isZero = (at: number): boolean => task.detectZeroes && (knownZero || isAllZero(buf.subarray(at, Math.min(length, at + granule))));
+      // Runs of pieces alike (all zero, or all not) are written as one request each.
+      for (let at = 0, zero = isZero(0); at < length; ) {
+        let end = Math.min(length, at + granule);
+        let next = zero;
+        while (end < length && (next = isZero(end)) === zero) end = Math.min(length, end + granule);
+        await this.#writeRun(task, buf.subarray(at, end), offset + at, zero, totals);
+        at = end;
+        zero = next;
       }
       writeMicros[index] = (performance.now() - t1) * 1000;
     } catch (err) {
@@ -94,6 +99,20 @@ export class ExtentCopier {
     } finally {
       this.#buffers.give(buf);
     }
+  }
+
+  /** Writes one run of an extent: its data, or (a zero run) as little as makes the target read zeros there. */
+  async #writeRun(task: CopyBatch, run: Buffer, offset: number, zero: boolean, totals: Totals): Promise<void> {
+    if (!zero) {
+      await this.target.write(run, offset);
+      totals.bytesWritten += run.length;
+      return;
+    }
+    totals.bytesZero += run.length;
+    if (task.targetIsZero) return;
+    // Not `totals.bytesWritten += await ...`: that reads the total before the await and loses concurrent updates.
+    const written = await this.#zeroTarget(run, offset);
+    totals.bytesWritten += written;
   }
 
   /**

@@ -4,6 +4,7 @@ import type { TaskRunner } from '../sched/CopyScheduler.js';
 import { TASKS_PER_WORKER } from '../sched/tuning.js';
 import type { CopyTask, CopyTaskResult } from './CopyTask.js';
 import { WorkerPool } from './WorkerPool.js';
+import { EagerCopyPool } from './EagerCopyPool.js';
 import { InlineCopyRunner } from './InlineCopyRunner.js';
 
 /** Runs copy tasks and is closed when the copy ends. */
@@ -20,11 +21,20 @@ export function createCopyRunner(
   source: BlockDevice,
   target: BlockDevice,
   sourceSpec: DeviceSpec,
-  { workers, tasksPerWorker = TASKS_PER_WORKER }: { workers: number; tasksPerWorker?: number },
+  { workers, tasksPerWorker = TASKS_PER_WORKER, pool }: { workers: number; tasksPerWorker?: number; pool?: CopyRunner },
 ): { runner: CopyRunner; plan: ConnectionPlan } {
   const plan: ConnectionPlan = workers === 0 ? { inline: true, note: 'copied by the coordinator thread (no worker threads asked for)' } : planConnections(source, target);
   const runner = plan.inline
     ? new InlineCopyRunner(source, target, sourceSpec.kind === 'file' && sourceSpec.direct === true)
-    : new WorkerPool<CopyTask, CopyTaskResult>('workers/copyWorker.js', { workers, tasksPerWorker });
+    : (pool ?? new WorkerPool<CopyTask, CopyTaskResult>('workers/copyWorker.js', { workers, tasksPerWorker }));
   return { runner, plan };
+}
+
+/**
+ * A pool of copy workers between two files, started now: a copy starts it before opening the
+ * devices, so the threads boot while the coordinator opens and probes the files, and copies on
+ * the coordinator until they are up ({@link EagerCopyPool}). Passed to {@link createCopyRunner} as `pool`.
+ */
+export function startCopyPool(workers: number, tasksPerWorker: number, ping: { source: DeviceSpec; target: DeviceSpec }): CopyRunner {
+  return new EagerCopyPool({ workers, tasksPerWorker }, ping);
 }

@@ -1,17 +1,34 @@
 import type { BlockDevice, DeviceSpec } from '../io/BlockDevice.js';
 import { openDevice } from '../io/openDevice.js';
 
-/** Devices this worker thread has open, by spec. Opened once, kept for the life of the worker. */
-const devices = new Map<string, Promise<BlockDevice>>();
+/** Open devices by spec, each opened on first use (handles cannot cross threads, so each thread has its own). */
+export class DeviceSet {
+  readonly #devices = new Map<string, Promise<BlockDevice>>();
 
-/** This thread's open device for `spec`, opened on first use (handles cannot cross threads). */
-export function deviceFor(spec: DeviceSpec): Promise<BlockDevice> {
-  const key = JSON.stringify(spec);
-  let dev = devices.get(key);
-  if (!dev) {
-    dev = openDevice(spec);
-    dev.catch(() => devices.delete(key)); // let a later task try again
-    devices.set(key, dev);
+  /** The open device for `spec`. */
+  get(spec: DeviceSpec): Promise<BlockDevice> {
+    const key = JSON.stringify(spec);
+    let dev = this.#devices.get(key);
+    if (!dev) {
+      dev = openDevice(spec);
+      dev.catch(() => this.#devices.delete(key)); // let a later task try again
+      this.#devices.set(key, dev);
+    }
+    return dev;
   }
-  return dev;
+
+  /** Closes every device opened. */
+  async close(): Promise<void> {
+    const devices = [...this.#devices.values()];
+    this.#devices.clear();
+    await Promise.all(devices.map(async (dev) => (await dev.catch(() => undefined))?.close()));
+  }
+}
+
+/** Devices this worker thread has open. Kept for the life of the worker. */
+const workerDevices = new DeviceSet();
+
+/** This thread's open device for `spec`, opened on first use. */
+export function deviceFor(spec: DeviceSpec): Promise<BlockDevice> {
+  return workerDevices.get(spec);
 }

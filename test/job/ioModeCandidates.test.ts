@@ -1,8 +1,10 @@
+import { randomBytes } from 'node:crypto';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { deviceSpecFor } from '../../src/io/location.js';
 import { ioModeCandidates } from '../../src/job/ioModeCandidates.js';
-import { writeRandomFile } from '../helpers/files.js';
+import { sparseFile, writeRandomFile } from '../helpers/files.js';
 import { directIoUnavailable, useScratchDir } from '../helpers/scratch.js';
 
 const MiB = 1 << 20;
@@ -50,6 +52,36 @@ describe('ioModeCandidates', () => {
     const c = await candidates(13 * GiB, 24 * GiB);
     expect(c).toMatchObject({ readModes: ['direct'], writeModes: ['direct'] });
     expect(c.why).toMatch(/^not measured: page-cache writes and reads not tried/);
+  });
+
+  withDirect(`scans a mostly-hole source for holes, and weighs only its data against memory${suffix}`, async () => {
+    const dir = await scratch();
+    const source = await sparseFile(join(dir, 'sparse.img'), 64 * MiB);
+    await writeFile(source, randomBytes(MiB), { flag: 'r+' });
+    const c = await ioModeCandidates(
+      deviceSpecFor(source, { role: 'source', writable: false }),
+      deviceSpecFor(await sparseFile(join(dir, 'dst.img'), 64 * MiB), { role: 'target', writable: true }),
+      {},
+      // As large against memory as an image whose pages would crowd it out, were they read.
+      { pooled: true, limited: false, size: 64 * MiB, memoryBytes: 96 * MiB },
+    );
+    expect(c).toMatchObject({ holeScan: true, readModes: ['buffered', 'direct'], writeModes: ['direct', 'buffered'] });
+  });
+
+  withDirect(`does not scan a source read through the page cache when that is asked for${suffix}`, async () => {
+    const dir = await scratch();
+    const source = await sparseFile(join(dir, 'sparse.img'), 64 * MiB);
+    const c = await ioModeCandidates(
+      deviceSpecFor(source, { role: 'source', writable: false }),
+      deviceSpecFor(join(dir, 'dst.img'), { role: 'target', writable: true }),
+      { readMode: 'buffered' },
+      { pooled: true, limited: false, size: 64 * MiB },
+    );
+    expect(c.holeScan).toBe(false);
+  });
+
+  withDirect(`does not scan a source mostly allocated${suffix}`, async () => {
+    expect((await candidates(GiB, 24 * GiB)).holeScan).toBe(false);
   });
 
   it.skipIf(noDirect === undefined)('falls back to the page cache where the file system refuses O_DIRECT, whatever the size (runs only where it does)', async () => {

@@ -97,7 +97,19 @@ describe('CopyScheduler', () => {
       expect(task.sequential).toBe(true);
       for (let i = 2; i < task.extents.length; i += 2) expect(task.extents[i]).toBe(task.extents[i - 2]! + task.extents[i - 1]!);
     }
-    expect(runner.tasks.map((t) => t.extents.length / 2)).toEqual([4, 4, 4, 4, 4, 4, 4, 4, 4, 4]);
+    const lengths = runner.tasks.map((t) => t.extents.length / 2);
+    expect(lengths.reduce((a, b) => a + b, 0)).toBe(40);
+    expect(lengths.slice(0, 3)).toEqual([4, 4, 4]);
+    expect(Math.max(...lengths)).toBe(4);
+  });
+
+  it('shortens the last streams of a source that knows what is left, so they end together', async () => {
+    const runner = new HeldRunner();
+    const s = scheduler(runner, { queueDepth: 3, batchExtents: 4, streams: true });
+    const done = s.run(new LinearExtentSource(40 * 1024));
+    await runner.finishAll(done);
+    // Each stream takes at most a queue depth's share of what is left: 4 while 12 or more remain, then less.
+    expect(runner.tasks.map((t) => t.extents.length / 2)).toEqual([4, 4, 4, 4, 4, 4, 4, 4, 3, 2, 1, 1, 1]);
   });
 
   it('puts no more than batchExtents extents in one task', async () => {

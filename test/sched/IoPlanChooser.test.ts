@@ -26,6 +26,39 @@ function simulate(chooser: IoPlanChooser, secondsOf: (plan: IoPlan, start: numbe
   return phases;
 }
 
+/**
+ * As {@link simulate}, but a phase still running at its deadline is cut there, as BulkCopy cuts
+ * it: what it would have copied by then is done, the rest of its ranges is reported uncopied.
+ * `dataOf`, if given, says how many bytes of a range are data (the rest holes).
+ */
+function simulateCutting(
+  chooser: IoPlanChooser,
+  secondsOf: (plan: IoPlan, start: number, end: number) => number,
+  dataOf?: (start: number, end: number) => number,
+): Array<{ phase: CopyPhase; uncopied: Array<[number, number]> }> {
+  const log: Array<{ phase: CopyPhase; uncopied: Array<[number, number]> }> = [];
+  for (let p = chooser.next(); p; p = chooser.next()) {
+    const deadline = chooser.deadline(p) ?? Number.POSITIVE_INFINITY;
+    let t = 0;
+    let data = 0;
+    const uncopied: Array<[number, number]> = [];
+    for (const [s, e] of p.ranges) {
+      const need = secondsOf(p.plan, s, e);
+      if (t >= deadline) uncopied.push([s, e]);
+      else if (t + need <= deadline) [t, data] = [t + need, data + (dataOf?.(s, e) ?? 0)];
+      else {
+        const cutAt = Math.min(e, s + Math.ceil(((deadline - t) / need) * (e - s)));
+        if (cutAt < e) uncopied.push([cutAt, e]);
+        [t, data] = [deadline, data + (dataOf?.(s, cutAt) ?? 0)];
+      }
+    }
+    log.push({ phase: p, uncopied });
+    chooser.record(p, t, { uncopied, ...(dataOf ? { dataBytes: data } : {}) });
+    expect(log.length).toBeLessThan(10_000);
+  }
+  return log;
+}
+
 /** A disk where each plan moves bytes at a fixed rate. */
 const rates = (r: Record<string, number>) => (plan: IoPlan, s: number, e: number) => (e - s) / (r[key(plan)] ?? 1e8);
 
@@ -109,8 +142,8 @@ describe('IoPlanChooser', () => {
 
   it('tries the runner-up again at once when the chosen plan slows down in the run', () => {
     const chooser = new IoPlanChooser({ size: 16 * GiB, readModes: ['buffered'], writeModes: DIRECT_FIRST, alignment: MiB });
-    // Page-cache writes win the trial, then slow to a third once the cache has grown past 1.5 GiB.
-    const phases = simulate(chooser, (p, s, e) => (e - s) / (p.write === 'direct' ? 1e9 : s < 1.5 * GiB ? 1.5e9 : 0.5e9));
+    // Page-cache writes win the trial, then slow to a third once the cache has grown past six trial lengths.
+    const phases = simulate(chooser, (p, s, e) => (e - s) / (p.write === 'direct' ? 1e9 : s < 6 * chooser.trialBytes ? 1.5e9 : 0.5e9));
     expect(chooser.choice.switches).toBe(1);
     expect(chooser.choice.plan.write).toBe('direct');
     const switchedAt = phases.find((p, i) => i > 2 && !p.trial && p.plan.write === 'direct')!.ranges[0]![0];
@@ -135,24 +168,76 @@ describe('IoPlanChooser', () => {
     expect(phases.filter((p) => p.trial)).toHaveLength(2);
   });
 
-  it('plans phases that cover the image exactly once, on chunk boundaries, whatever the rates', () => {
+  it('gives a trial no deadline until its window has measured a plan, then the time that plan took for as many bytes', () => {
+    const chooser = new IoPlanChooser({ size: 4 * GiB, readModes: ['buffered'], writeModes: DIRECT_FIRST, alignment: MiB });
+    const warmup = chooser.next()!;
+    expect(chooser.deadline(warmup)).toBeUndefined();
+    chooser.record(warmup, 0.01);
+    const first = chooser.next()!;
+    expect(chooser.deadline(first)).toBeUndefined();
+    chooser.record(first, bytesOf(first) / 2e9);
+    const second = chooser.next()!;
+    expect(second.trial).toBe(true);
+    expect(chooser.deadline(second)).toBeCloseTo(bytesOf(second) / 2e9, 9);
+  });
+
+  it('cuts a losing trial short and copies what it left with the winner, rating it on what it did copy', () => {
+    const chooser = new IoPlanChooser({ size: 4 * GiB, readModes: ['buffered'], writeModes: DIRECT_FIRST, alignment: MiB });
+    // Page-cache writes take five times as long: cut at a fifth of their share.
+    const log = simulateCutting(chooser, rates({ 'buffered/direct': 2e9, 'buffered/buffered': 0.4e9 }));
+    const cut = log.find((l) => l.phase.trial && l.phase.plan.write === 'buffered')!;
+    const left = cut.uncopied.reduce((n, [s, e]) => n + e - s, 0);
+    expect(left / bytesOf(cut.phase)).toBeCloseTo(0.8, 1);
+    const trial = chooser.choice.trials.find((t) => t.plan.write === 'buffered')!;
+    expect(trial.bytes).toBe(bytesOf(cut.phase) - left);
+    expect(trial.rate).toBeCloseTo(0.4e9, -7);
+    // The next phase copies exactly what the cut trial left, with the winner.
+    const next = log[log.indexOf(cut) + 1]!.phase;
+    expect(next).toMatchObject({ trial: false, plan: { write: 'direct' } });
+    expect(next.ranges).toEqual(cut.uncopied);
+  });
+
+  it('deals a trial window again, further on, when it held too little data to tell the plans apart', () => {
+    const chooser = new IoPlanChooser({ size: 16 * GiB, readModes: ['buffered'], writeModes: DIRECT_FIRST, alignment: MiB });
+    // Data only from 2 GiB on; before that every plan scans holes alike, and here page-cache
+    // writes would look faster on holes.
+    const dataOf = (s: number, e: number): number => Math.max(0, e - Math.max(s, 2 * GiB));
+    const log = simulateCutting(chooser, (p, s, e) => (dataOf(s, e) > 0 ? (e - s) / (p.write === 'direct' ? 2e9 : 1e9) : (e - s) / (p.write === 'direct' ? 20e9 : 30e9)), dataOf);
+    const trials = log.filter((l) => l.phase.trial);
+    expect(trials.length).toBeGreaterThan(2);
+    expect(chooser.choice.trials.every((t) => t.rate < 3e9)).toBe(true); // only the window with data counted
+    expect(chooser.choice.plan.write).toBe('direct');
+  });
+
+  it('settles without measuring when no trial window held enough data', () => {
+    const chooser = new IoPlanChooser({ size: 4 * GiB, readModes: ['buffered'], writeModes: DIRECT_FIRST, alignment: MiB });
+    simulateCutting(chooser, rates({}), () => 0);
+    expect(chooser.choice).toMatchObject({ basis: 'fixed', plan: { write: 'direct' }, trials: [] });
+    expect(chooser.choice.reason).toMatch(/too little data/);
+  });
+
+  it('plans phases that cover the image exactly once, on chunk boundaries, whatever the rates, cuts and holes', () => {
     fc.assert(
       fc.property(
         fc.integer({ min: 1, max: 2 ** 40 }),
         fc.constantFrom(4096, MiB, 8 * MiB),
         fc.array(fc.double({ min: 1e6, max: 1e11, noNaN: true }), { minLength: 4, maxLength: 4 }),
-        (size, alignment, r) => {
+        fc.option(fc.double({ min: 0, max: 1, noNaN: true }), { nil: undefined }),
+        (size, alignment, r, dataShare) => {
           const chooser = new IoPlanChooser({ size, readModes: BOTH, writeModes: DIRECT_FIRST, alignment, warmupBytes: 16 * alignment });
           const plans = ['buffered/direct', 'direct/direct', 'buffered/buffered', 'direct/buffered'];
+          const log = simulateCutting(
+            chooser,
+            (plan, s, e) => (e - s) / r[plans.indexOf(key(plan))]!,
+            dataShare === undefined ? undefined : (s, e) => Math.floor((e - s) * dataShare),
+          );
           const covered: Array<[number, number]> = [];
-          for (let p = chooser.next(); p; p = chooser.next()) {
-            for (const [s, e] of p.ranges) {
+          for (const { phase, uncopied } of log) {
+            for (const [s, e] of phase.ranges) {
               expect(e).toBeGreaterThan(s);
               if (e !== size) expect(e % alignment).toBe(0);
-              covered.push([s, e]);
             }
-            chooser.record(p, bytesOf(p) / r[plans.indexOf(key(p.plan))]!);
-            expect(covered.length).toBeLessThan(100_000);
+            covered.push(...subtract(phase.ranges, uncopied));
           }
           covered.sort((a, b) => a[0] - b[0]);
           let at = 0;
@@ -166,4 +251,19 @@ describe('IoPlanChooser', () => {
       fuzzParams(),
     );
   });
+
 });
+
+/** `ranges` less `holes` (each hole lies inside one range, as a cut trial's uncopied ranges do). */
+function subtract(ranges: ReadonlyArray<readonly [number, number]>, holes: ReadonlyArray<readonly [number, number]>): Array<[number, number]> {
+  const out: Array<[number, number]> = [];
+  for (const [s, e] of ranges) {
+    let at = s;
+    for (const [hs, he] of holes.filter(([hs, he]) => hs >= s && he <= e).sort((a, b) => a[0] - b[0])) {
+      if (hs > at) out.push([at, hs]);
+      at = Math.max(at, he);
+    }
+    if (at < e) out.push([at, e]);
+  }
+  return out;
+}

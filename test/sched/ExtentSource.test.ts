@@ -1,0 +1,39 @@
+import { describe, expect, it } from 'vitest';
+import { RangesExtentSource } from '../../src/sched/ExtentSource.js';
+
+describe('RangesExtentSource', () => {
+  it('hands out its ranges in order, in extents of at most the size asked, and counts down what is left', () => {
+    const source = new RangesExtentSource([
+      [0, 10],
+      [20, 25],
+    ]);
+    expect(source.remaining).toBe(15);
+    const out: number[] = [];
+    expect(source.take(out, 2, 4)).toBe(2);
+    expect(out).toEqual([0, 4, 4, 4]);
+    expect(source.remaining).toBe(7);
+    expect(source.take(out, 10, 4)).toBe(3);
+    expect(out.slice(4)).toEqual([8, 2, 20, 4, 24, 1]);
+    expect(source.remaining).toBe(0);
+    expect(source.exhausted).toBe(true);
+  });
+
+  it('gives back the ranges it has not handed out, from where it stopped', () => {
+    const source = new RangesExtentSource([
+      [0, 10],
+      [20, 25],
+      [30, 40],
+    ]);
+    source.take([], 2, 4);
+    expect(source.rest()).toEqual([
+      [8, 10],
+      [20, 25],
+      [30, 40],
+    ]);
+    source.take([], 2, 4); // [8, 10) and [20, 24)
+    expect(source.rest()).toEqual([
+      [24, 25],
+      [30, 40],
+    ]);
+  });
+});
