@@ -133,7 +133,8 @@ export class BulkCopy {
   /**
    * Copies the phase's ranges with its plan; a page-cache target is flushed at its end. A phase
    * still running `deadline` seconds in is cut short (its streams stop after the extent each is
-   * on); returns the ranges it left uncopied.
+   * on); returns what it did, with the ranges it left uncopied (a cut trial's, and the rest of
+   * streams that stopped at zeros) for the chooser to hand out again.
    */
   async #runPhase(phase: CopyPhase, deadline: number | undefined): Promise<PhaseOutcome> {
     const { tuning, target, runner } = this.#s;
@@ -167,13 +168,17 @@ export class BulkCopy {
         if (holes) {
           // A hole scan that reaches data copies it as the plan says, and goes back to scanning
           // at the next stream of holes.
-          const scanning = outcome.result.bytesZero * 2 >= outcome.bytes;
+          // A stream that stopped at zeros has reached holes.
+          const scanning = outcome.result.stoppedAt !== undefined || outcome.result.bytesZero * 2 >= outcome.bytes;
           const shape = scanning ? holes : data;
+          const read = scanning ? 'direct' : phase.plan.read;
           Object.assign(scheduler.options, {
             chunkSize: shape.chunk,
             queueDepth: shape.depth,
             batchExtents: streamExtents(shape),
-            source: specFor(this.#s.sourceSpec, scanning ? 'direct' : phase.plan.read),
+            source: specFor(this.#s.sourceSpec, read),
+            // Data read through the page cache stops at the first zeros; the rest is scanned again.
+            stopAtZero: read === 'buffered',
           });
         }
         pacer.noteWritten(outcome.result.bytesWritten);
@@ -206,7 +211,7 @@ export class BulkCopy {
     }
     if (cut) uncopied.push(...ranges.rest());
     const copied = this.bytesDone - done0;
-    return { uncopied: uncopied.sort((a, b) => a[0] - b[0]), ...(holes ? { dataBytes: copied - (this.bytesZero - zero0) } : {}) };
+    return { uncopied: merged(uncopied), ...(holes ? { dataBytes: copied - (this.bytesZero - zero0) } : {}) };
   }
 
   /**
@@ -230,7 +235,7 @@ export class BulkCopy {
     this.#scheduler?.stop();
   }
 
-  /** Counts a finished batch; the extents a cut stream left untouched go to `uncopied`. */
+  /** Counts a finished batch; the extents a stopped stream left untouched go to `uncopied`. */
   #account({ extents, bytes, result }: BatchOutcome, uncopied: Array<[number, number]>): void {
     this.bytesWritten += result.bytesWritten;
     this.bytesZero += result.bytesZero;
@@ -248,6 +253,17 @@ export class BulkCopy {
     }
     this.bytesDone += bytes - notDone;
   }
+}
+
+/** `ranges` in order, with those that touch joined. */
+function merged(ranges: Array<[number, number]>): Array<[number, number]> {
+  const out: Array<[number, number]> = [];
+  for (const [start, end] of ranges.sort((a, b) => a[0] - b[0])) {
+    const last = out.at(-1);
+    if (last && last[1] === start) last[1] = end;
+    else out.push([start, end]);
+  }
+  return out;
 }
 
 /** A file spec opened the way `mode` says; other devices have no page cache of ours to choose about. */

@@ -38,6 +38,8 @@ export interface CopySchedulerOptions {
   readonly zeroGranule?: number;
   /** See `CopyTask.cancel`: handed to every task. */
   readonly cancel?: Int32Array;
+  /** See `CopyTask.stopAtZero`; may change between batches. */
+  stopAtZero?: boolean;
   readonly targetIsZero: boolean;
   readonly limiter: RateLimiter;
   /** Called on the coordinator thread as each batch finishes. */
@@ -197,6 +199,7 @@ export class CopyScheduler {
       ...(o.streams ? { sequential: true } : {}),
       ...(o.zeroGranule !== undefined ? { zeroGranule: o.zeroGranule } : {}),
       ...(o.cancel ? { cancel: o.cancel } : {}),
+      ...(o.stopAtZero ? { stopAtZero: true } : {}),
       ...(o.preemptAfterRead ? { preemptAfterRead: true } : {}),
     };
     const done = o.pool

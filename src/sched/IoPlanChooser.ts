@@ -286,6 +286,7 @@ export class IoPlanChooser {
     } else if (++this.#thinWindows > MAX_THIN_WINDOWS || !this.#deal([...this.#window.values()].map((m) => m.plan))) {
       this.#thinWindows = 0;
       if (this.#settled) this.#retryAt = this.#cursor + this.#runBytes; // a re-trial that found no data: the plan in force goes on
+      else if (this.#trials.length > 0) this.#settle('; the read modes not compared: their trial windows held too little data');
       else {
         this.#settled = true;
         this.#basis = 'fixed';
@@ -325,10 +326,7 @@ export class IoPlanChooser {
     if (!this.#settled) {
       this.#plan = winner.plan;
       if (this.#stage === 'write' && this.#dealReadTrial(winner.plan)) return;
-      this.#settled = true;
-      const others = this.#rank([...this.#latest.values()]).filter((o) => keyOf(o.plan) !== keyOf(winner.plan));
-      this.#reason = `measured: ${rateText(winner.rate)}${others.length ? `, against ${others.map((o) => `${rateText(o.rate)} with ${describePlan(o.plan)}`).join(', ')}` : ''}`;
-      this.#retryAt = this.#cursor + this.#runBytes;
+      this.#settle();
       return;
     }
     const current = this.#window.get(keyOf(this.#plan))!;
@@ -340,6 +338,15 @@ export class IoPlanChooser {
     } else {
       this.#runBytes *= 2;
     }
+    this.#retryAt = this.#cursor + this.#runBytes;
+  }
+
+  /** Settles on the plan in force, saying the rates measured. */
+  #settle(note = ''): void {
+    this.#settled = true;
+    const own = this.#latest.get(keyOf(this.#plan))!;
+    const others = this.#rank([...this.#latest.values()]).filter((o) => keyOf(o.plan) !== keyOf(this.#plan));
+    this.#reason = `measured: ${rateText(own.rate)}${others.length ? `, against ${others.map((o) => `${rateText(o.rate)} with ${describePlan(o.plan)}`).join(', ')}` : ''}${note}`;
     this.#retryAt = this.#cursor + this.#runBytes;
   }
 

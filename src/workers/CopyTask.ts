@@ -31,6 +31,12 @@ export interface CopyTask {
    * that is already hopelessly slower than another plan.
    */
   readonly cancel?: Int32Array;
+  /**
+   * A stream (`sequential`) stops after its first extent that reads all zeros, reporting the rest
+   * in `stoppedAt`: a bulk copy reads the data of a hole-scanned source through the page cache,
+   * and its holes are better scanned with O_DIRECT (through the cache they fill it with zeros).
+   */
+  readonly stopAtZero?: boolean;
   /** @internal Tests of the stress test only: pause between each read and its write (see util/preemption.ts). */
   readonly preemptAfterRead?: boolean;
 }
@@ -56,6 +62,6 @@ export interface CopyTaskResult {
   /** Per extent: microseconds the target write took (0 where nothing was written, NaN where it did not run). */
   readonly writeMicros: Float64Array;
   readonly failures: readonly CopyFailure[];
-  /** Set when `cancel` stopped the stream: the extents from this index on were not touched. */
+  /** Set when `cancel` or `stopAtZero` stopped the stream: the extents from this index on were not touched. */
   readonly stoppedAt?: number;
 }

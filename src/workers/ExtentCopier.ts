@@ -8,7 +8,7 @@ import { BufferPool } from './BufferPool.js';
 import type { CopyFailure, CopyTask, CopyTaskResult } from './CopyTask.js';
 
 /** What a copy of a batch needs from its task (the device specs are resolved already). */
-export type CopyBatch = Pick<CopyTask, 'extents' | 'detectZeroes' | 'targetIsZero' | 'sequential' | 'preemptAfterRead' | 'zeroGranule' | 'cancel'>;
+export type CopyBatch = Pick<CopyTask, 'extents' | 'detectZeroes' | 'targetIsZero' | 'sequential' | 'preemptAfterRead' | 'zeroGranule' | 'cancel' | 'stopAtZero'>;
 
 interface Totals {
   bytesWritten: number;
@@ -49,7 +49,11 @@ export class ExtentCopier {
         if (task.cancel && Atomics.load(task.cancel, 0) !== 0) {
           return { bytesWritten: totals.bytesWritten, bytesZero: totals.bytesZero, readMicros, writeMicros, failures, stoppedAt: i };
         }
+        const zero = totals.bytesZero;
         await this.#copyOne(task, i, readMicros, writeMicros, failures, totals);
+        if (task.stopAtZero && totals.bytesZero - zero === task.extents[2 * i + 1]! && i + 1 < count) {
+          return { bytesWritten: totals.bytesWritten, bytesZero: totals.bytesZero, readMicros, writeMicros, failures, stoppedAt: i + 1 };
+        }
       }
     } else {
       const work: Promise<void>[] = [];

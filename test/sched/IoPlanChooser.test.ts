@@ -209,6 +209,15 @@ describe('IoPlanChooser', () => {
     expect(chooser.choice.plan.write).toBe('direct');
   });
 
+  it('keeps what the write trial measured when the read trial windows hold too little data', () => {
+    const chooser = new IoPlanChooser({ size: 64 * GiB, readModes: BOTH, writeModes: DIRECT_FIRST, alignment: MiB });
+    // Data only in the first 200 MiB: the write window has it, every read window after it falls on holes.
+    const dataOf = (s: number, e: number): number => Math.max(0, Math.min(e, 200 * MiB) - s);
+    simulateCutting(chooser, rates({ 'buffered/direct': 2e9, 'buffered/buffered': 1e9, 'direct/direct': 1e9 }), dataOf);
+    expect(chooser.choice).toMatchObject({ basis: 'measured', plan: { read: 'buffered', write: 'direct' } });
+    expect(chooser.choice.reason).toMatch(/^measured: 2\.00 GB\/s, against .*; the read modes not compared/);
+  });
+
   it('settles without measuring when no trial window held enough data', () => {
     const chooser = new IoPlanChooser({ size: 4 * GiB, readModes: ['buffered'], writeModes: DIRECT_FIRST, alignment: MiB });
     simulateCutting(chooser, rates({}), () => 0);

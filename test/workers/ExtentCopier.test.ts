@@ -70,6 +70,15 @@ describe('ExtentCopier', () => {
     expect(target.data.equals(source.data)).toBe(true);
   });
 
+  it('stops a stream asked to stop at zeros after its first all-zero extent, and says where', async () => {
+    const source = patterned('D0D0');
+    const target = new MemoryDevice(64 * KiB);
+    const result = await new ExtentCopier(source, target, false).copy({ extents, detectZeroes: true, targetIsZero: true, sequential: true, stopAtZero: true });
+    expect(result.stoppedAt).toBe(2);
+    expect(source.order).toEqual([0, 16 * KiB]);
+    expect(target.data.subarray(0, 32 * KiB).equals(source.data.subarray(0, 32 * KiB))).toBe(true);
+  });
+
   it('stops a sequential task at its next extent once its cancel flag is set, and says where', async () => {
     const source = filled(64 * KiB);
     const target = new MemoryDevice(64 * KiB);
