@@ -93,6 +93,8 @@ export class BulkCopy {
   #failure: IoError | undefined;
   #scheduler: CopyScheduler | undefined;
   #stopped = false;
+  /** Flushes of trials that had lost before they ended, still running. */
+  readonly #pendingFlushes: Array<Promise<void>> = [];
 
   constructor(settings: BulkCopySettings) {
     this.#s = settings;
@@ -115,6 +117,7 @@ export class BulkCopy {
         if (this.#stopped) break;
         chooser.record(phase, (performance.now() - t0) / 1000, outcome);
       }
+      await Promise.all(this.#pendingFlushes);
       if (this.#failure) throw this.#failure;
       if (options.signal?.aborted) throw this.#progress.interrupted('copied', this.bytesDone, '; the target is incomplete');
       await target.flush();
@@ -187,6 +190,7 @@ export class BulkCopy {
     });
     this.#scheduler = scheduler;
     const ranges = new RangesExtentSource(phase.ranges);
+    const started = performance.now();
     let cut = false;
     const timer = cancel
       ? setTimeout(() => {
@@ -202,8 +206,18 @@ export class BulkCopy {
       // Write-back deferred by the page cache is a trial's cost: paid here, not by the next
       // phase. A run segment leaves it to the pacer's flushes and the final one, as a copy
       // through the page cache is best run (the kernel writes back while the copy goes on).
-      // A trial cut short has lost already; its writes are flushed with the copy's.
-      if (buffered && phase.trial && !this.#stopped && !cut) await target.flush();
+      // A trial cut short has lost already; its writes are flushed with the copy's. So has one
+      // whose flush is still running at the deadline: the copy goes on, and the flush is awaited
+      // before the final one (whose success must not hide its failure).
+      if (buffered && phase.trial && !this.#stopped && !cut) {
+        const flush = target.flush();
+        if (deadline === undefined || (await settlesWithin(flush, deadline * 1000 - (performance.now() - started)))) await flush;
+        else {
+          cut = true;
+          flush.catch(() => undefined); // handled here: `run` awaits it, and throws what it throws
+          this.#pendingFlushes.push(flush);
+        }
+      }
     } finally {
       clearTimeout(timer);
       this.pacedFlushes += pacer.flushes;
@@ -211,7 +225,7 @@ export class BulkCopy {
     }
     if (cut) uncopied.push(...ranges.rest());
     const copied = this.bytesDone - done0;
-    return { uncopied: merged(uncopied), ...(holes ? { dataBytes: copied - (this.bytesZero - zero0) } : {}) };
+    return { uncopied: merged(uncopied), cut, ...(holes ? { dataBytes: copied - (this.bytesZero - zero0) } : {}) };
   }
 
   /**
@@ -252,6 +266,17 @@ export class BulkCopy {
       this.#failure ??= new IoError(f.errno, f.operation, f.message, { offset, length });
     }
     this.bytesDone += bytes - notDone;
+  }
+}
+
+/** True if `promise` settles within `ms` (its rejection, if any, is left for whoever awaits it). */
+async function settlesWithin(promise: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), Math.max(0, ms))));
+  try {
+    return await Promise.race([promise.then(() => true, () => true), timeout]);
+  } finally {
+    clearTimeout(timer);
   }
 }
 

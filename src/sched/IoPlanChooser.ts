@@ -33,6 +33,8 @@ export interface PlanTrial {
   readonly seconds: number;
   /** bytes / seconds. */
   readonly rate: number;
+  /** Cut short at its deadline: the plan is slower than `rate` says, by how much unknown. */
+  readonly cut?: boolean;
 }
 
 /** The plan a copy settled on, and why. */
@@ -99,6 +101,8 @@ export interface PhaseOutcome {
   readonly uncopied?: ReadonlyArray<readonly [number, number]>;
   /** Bytes copied as data (not found zero), where holes are scanned rather than copied. */
   readonly dataBytes?: number;
+  /** A trial stopped at its {@link IoPlanChooser.deadline} (its copy, or its flush, still running). */
+  readonly cut?: boolean;
 }
 
 /** What the chooser may pick from. */
@@ -135,7 +139,7 @@ export class IoPlanChooser {
   /** Rates measured in the window being dealt, by plan; `thin`: too little data to count (see {@link MIN_TRIAL_DATA_SHARE}). */
   #window = new Map<string, { plan: IoPlan; rate: number; thin: boolean }>();
   /** Latest measured rate of each plan, by plan. */
-  readonly #latest = new Map<string, { plan: IoPlan; rate: number }>();
+  readonly #latest = new Map<string, { plan: IoPlan; rate: number; cut?: boolean }>();
   #plan: IoPlan;
   #reason: string;
   #basis: IoPlanChoice['basis'];
@@ -251,7 +255,7 @@ export class IoPlanChooser {
    * (see {@link PhaseOutcome}). A trial cut short is rated on what it did copy, and the chooser
    * hands the rest out again.
    */
-  record(phase: CopyPhase, seconds: number, { uncopied = [], dataBytes }: PhaseOutcome = {}): void {
+  record(phase: CopyPhase, seconds: number, { uncopied = [], dataBytes, cut = false }: PhaseOutcome = {}): void {
     if (this.#queue[0] === phase) this.#queue.shift();
     this.#leftovers.push(...uncopied);
     const bytes = bytesOf(phase) - uncopied.reduce((n, [s, e]) => n + e - s, 0);
@@ -276,8 +280,8 @@ export class IoPlanChooser {
     const thin = dataBytes !== undefined && dataBytes < MIN_TRIAL_DATA_SHARE * bytes;
     this.#window.set(keyOf(phase.plan), { plan: phase.plan, rate, thin });
     if (!thin) {
-      this.#trials.push({ plan: phase.plan, bytes, seconds, rate });
-      this.#latest.set(keyOf(phase.plan), { plan: phase.plan, rate });
+      this.#trials.push({ plan: phase.plan, bytes, seconds, rate, ...(cut ? { cut } : {}) });
+      this.#latest.set(keyOf(phase.plan), { plan: phase.plan, rate, cut });
     }
     if (this.#queue.some((p) => p.trial)) return;
     if (![...this.#window.values()].some((m) => m.thin)) {
@@ -346,12 +350,13 @@ export class IoPlanChooser {
     this.#settled = true;
     const own = this.#latest.get(keyOf(this.#plan))!;
     const others = this.#rank([...this.#latest.values()]).filter((o) => keyOf(o.plan) !== keyOf(this.#plan));
-    this.#reason = `measured: ${rateText(own.rate)}${others.length ? `, against ${others.map((o) => `${rateText(o.rate)} with ${describePlan(o.plan)}`).join(', ')}` : ''}${note}`;
+    const against = others.map((o) => `${o.cut ? 'under ' : ''}${rateText(o.rate)} with ${describePlan(o.plan)}${o.cut ? ' (cut short)' : ''}`);
+    this.#reason = `measured: ${rateText(own.rate)}${against.length ? `, against ${against.join(', ')}` : ''}${note}`;
     this.#retryAt = this.#cursor + this.#runBytes;
   }
 
   /** Fastest first; a plan within the margin of a faster one ranks by preference instead. */
-  #rank(measured: Array<{ plan: IoPlan; rate: number }>): Array<{ plan: IoPlan; rate: number }> {
+  #rank<T extends { plan: IoPlan; rate: number }>(measured: T[]): T[] {
     const top = Math.max(...measured.map((m) => m.rate));
     const tier = (m: { rate: number }): number => (m.rate * SWITCH_MARGIN >= top ? 0 : 1);
     return measured.sort((a, b) => tier(a) - tier(b) || (tier(a) === 0 ? this.#preference(a.plan) - this.#preference(b.plan) : b.rate - a.rate));

@@ -53,7 +53,7 @@ function simulateCutting(
       }
     }
     log.push({ phase: p, uncopied });
-    chooser.record(p, t, { uncopied, ...(dataOf ? { dataBytes: data } : {}) });
+    chooser.record(p, t, { uncopied, cut: uncopied.length > 0, ...(dataOf ? { dataBytes: data } : {}) });
     expect(log.length).toBeLessThan(10_000);
   }
   return log;
@@ -190,7 +190,9 @@ describe('IoPlanChooser', () => {
     expect(left / bytesOf(cut.phase)).toBeCloseTo(0.8, 1);
     const trial = chooser.choice.trials.find((t) => t.plan.write === 'buffered')!;
     expect(trial.bytes).toBe(bytesOf(cut.phase) - left);
+    expect(trial).toMatchObject({ cut: true });
     expect(trial.rate).toBeCloseTo(0.4e9, -7);
+    expect(chooser.choice.reason).toMatch(/against under 0\.40 GB\/s with buffered reads, buffered writes \(cut short\)/);
     // The next phase copies exactly what the cut trial left, with the winner.
     const next = log[log.indexOf(cut) + 1]!.phase;
     expect(next).toMatchObject({ trial: false, plan: { write: 'direct' } });
