@@ -88,15 +88,17 @@ export class ExtentCopier {
       operation = 'write';
       const granule = task.detectZeroes && !knownZero && task.zeroGranule !== undefined && task.zeroGranule < length ? task.zeroGranule : length;
       const isZero = (at: number): boolean => task.detectZeroes && (knownZero || isAllZero(buf.subarray(at, Math.min(length, at + granule))));
-      // Runs of pieces alike (all zero, or all not) are written as one request each.
+      // Runs of pieces alike (all zero, or all not) are written as one request each, all at once.
+      const runs: Array<Promise<void>> = [];
       for (let at = 0, zero = isZero(0); at < length; ) {
         let end = Math.min(length, at + granule);
         let next = zero;
         while (end < length && (next = isZero(end)) === zero) end = Math.min(length, end + granule);
-        await this.#writeRun(task, buf.subarray(at, end), offset + at, zero, totals);
+        runs.push(this.#writeRun(task, buf.subarray(at, end), offset + at, zero, totals));
         at = end;
         zero = next;
       }
+      await settleAll(runs);
       writeMicros[index] = (performance.now() - t1) * 1000;
     } catch (err) {
       failures.push({ index, operation, errno: errnoOf(err), message: err instanceof Error ? err.message : String(err) });
@@ -140,4 +142,10 @@ export class ExtentCopier {
     await target.write(zeros, offset);
     return zeros.length;
   }
+}
+
+/** Waits for every promise, then throws the first rejection, if any (no write is left running when the buffer goes back to the pool). */
+async function settleAll(promises: ReadonlyArray<Promise<void>>): Promise<void> {
+  const failed = (await Promise.allSettled(promises)).find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) throw failed.reason;
 }

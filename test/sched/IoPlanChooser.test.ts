@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { FIRST_RUN_TRIALS, IoPlanChooser, MIN_MEASURED_BYTES, MIN_READ_TRIAL_BYTES, SLICE_CHUNKS, type CopyPhase, type IoMode, type IoPlan } from '../../src/sched/IoPlanChooser.js';
+import { FIRST_RUN_TRIALS, IoPlanChooser, MIN_MEASURED_BYTES, MIN_READ_TRIAL_BYTES, SEGMENT_TRIALS, SLICE_CHUNKS, type CopyPhase, type IoMode, type IoPlan } from '../../src/sched/IoPlanChooser.js';
 import { fuzzParams } from '../helpers/fuzz.js';
 
 const MiB = 1 << 20;
@@ -149,6 +149,20 @@ describe('IoPlanChooser', () => {
     const switchedAt = phases.find((p, i) => i > 2 && !p.trial && p.plan.write === 'direct')!.ranges[0]![0];
     // Before the periodic re-trial, which comes FIRST_RUN_TRIALS trial lengths after the first window.
     expect(switchedAt).toBeLessThan((2 + FIRST_RUN_TRIALS) * chooser.trialBytes);
+  });
+
+  it('tries the runner-up again after one segment at under half the rate of the chosen plan, but not after one merely slow', () => {
+    const switchAfter = (slowRate: number): number => {
+      const chooser = new IoPlanChooser({ size: 16 * GiB, readModes: ['buffered'], writeModes: DIRECT_FIRST, alignment: MiB });
+      // Page-cache writes win the trial at 1.5 GB/s, then run at `slowRate` from eight trial lengths on.
+      const at = 8 * chooser.trialBytes;
+      const phases = simulate(chooser, (p, s, e) => (e - s) / (p.write === 'direct' ? 1e9 : s < at ? 1.5e9 : slowRate));
+      const retrial = phases.findIndex((p, i) => i > 3 && p.trial);
+      return (phases[retrial]!.ranges[0]![0] - at) / (SEGMENT_TRIALS * chooser.trialBytes);
+    };
+    // Segments after the slowdown before the re-trial (the first may straddle it, partly fast).
+    expect(switchAfter(0.6e9)).toBeLessThan(2); // under half: the first slow segment brings it on
+    expect(switchAfter(0.9e9)).toBeGreaterThanOrEqual(2); // slow, not that slow: two full segments first
   });
 
   it('waits twice as long before each new re-trial of a runner-up that keeps losing', () => {
