@@ -170,8 +170,7 @@ export class BulkCopy {
         this.#account(outcome, uncopied);
         if (holes) {
           // A hole scan that reaches data copies it as the plan says, and goes back to scanning
-          // at the next stream of holes.
-          // A stream that stopped at zeros has reached holes.
+          // at the next stream of holes (or one that stopped at zeros: it has reached holes).
           const scanning = outcome.result.stoppedAt !== undefined || outcome.result.bytesZero * 2 >= outcome.bytes;
           const shape = scanning ? holes : data;
           const read = scanning ? 'direct' : phase.plan.read;
@@ -229,8 +228,8 @@ export class BulkCopy {
   }
 
   /**
-   * How a phase's requests are shaped: `data` for data, and for the O_DIRECT phases of a
-   * mostly-hole source also `holes`, the shape it starts in and returns to at each stream of holes.
+   * How a phase's requests are shaped: `data` for data, and on a hole-scanned source also
+   * `holes`, the shape it starts in and returns to at each stream of holes.
    */
   #shapes(phase: CopyPhase): { data: RequestShape; holes?: RequestShape } {
     const { tuning, source, target, streams } = this.#s;

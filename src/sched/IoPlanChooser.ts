@@ -97,7 +97,7 @@ export const MAX_THIN_WINDOWS = 8;
 
 /** What a phase did, as {@link IoPlanChooser.record} takes it. */
 export interface PhaseOutcome {
-  /** Ranges of a trial cut short at its {@link IoPlanChooser.deadline}, left uncopied. */
+  /** Ranges the phase left uncopied (a trial cut short at its {@link IoPlanChooser.deadline}, streams stopped at zeros): handed out again. */
   readonly uncopied?: ReadonlyArray<readonly [number, number]>;
   /** Bytes copied as data (not found zero), where holes are scanned rather than copied. */
   readonly dataBytes?: number;
@@ -154,7 +154,7 @@ export class IoPlanChooser {
   #retryAt = Number.POSITIVE_INFINITY;
   /** Trial windows in a row that held too little data. */
   #thinWindows = 0;
-  /** Ranges of trials cut short, still to copy (with the plan in force, before going on). */
+  /** Ranges phases left uncopied, still to copy (with the plan in force, before going on). */
   #leftovers: Array<readonly [number, number]> = [];
 
   constructor(options: IoPlanChooserOptions) {
