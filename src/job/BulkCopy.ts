@@ -59,7 +59,7 @@ export const HOLE_SCAN = { chunkBytes: 4 << 20, streams: 2 } as const;
  * takes large ones at least as fast (the block layer splits them at its own limit), so these
  * phases move 8 MiB per request in a quarter as many streams. Zeros are still found at the chunk
  * size (`CopyTask.zeroGranule`). 1 GiB here: 1.7–2.0 GB/s and 0.3 CPU-s with 8 MiB, against
- * 1.2–1.4 GB/s and 0.5–0.7 CPU-s with 1 MiB (docs/perf.md, "Second wave, second pass").
+ * 1.2–1.4 GB/s and 0.5–0.9 CPU-s with 1 MiB (docs/perf.md, "Second wave, second pass").
  */
 export const DIRECT_REQUESTS = { chunkBytes: 8 << 20, streamsPerDepth: 1 / 4 } as const;
 

@@ -40,8 +40,8 @@ export function defaultWorkers(): number {
 /**
  * Default worker threads of a bulk copy. Its requests are large (see job/BulkCopy.ts), so a
  * worker only dispatches them and checks for zeros; a second one costs its boot (about 80 ms of
- * CPU) and has not made any copy faster here: 1 GiB 0.88 s against 0.97 s with two, 4 GiB 3.06 s
- * against 2.93 s, 64 GiB sparse 3.88 s against 4.17 s, with 10–20 % less CPU (docs/perf.md).
+ * CPU) and made no copy clearly faster here: 1 GiB 0.88 s against 0.97 s with two, 4 GiB 3.06 s
+ * against 2.93 s, 64 GiB sparse 3.88 s against 4.17 s (docs/perf.md, "Second wave, second pass").
  */
 export const DEFAULT_COPY_WORKERS = 1;
 
