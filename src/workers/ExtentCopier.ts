@@ -44,23 +44,20 @@ export class ExtentCopier {
     const writeMicros = new Float64Array(count).fill(NaN);
     const failures: CopyFailure[] = [];
     const totals: Totals = { bytesWritten: 0, bytesZero: 0 };
+    const result = (stoppedAt?: number): CopyTaskResult => ({ ...totals, readMicros, writeMicros, failures, ...(stoppedAt !== undefined ? { stoppedAt } : {}) });
     if (task.sequential) {
       for (let i = 0; i < count; i++) {
-        if (task.cancel && Atomics.load(task.cancel, 0) !== 0) {
-          return { bytesWritten: totals.bytesWritten, bytesZero: totals.bytesZero, readMicros, writeMicros, failures, stoppedAt: i };
-        }
+        if (task.cancel && Atomics.load(task.cancel, 0) !== 0) return result(i);
         const zero = totals.bytesZero;
         await this.#copyOne(task, i, readMicros, writeMicros, failures, totals);
-        if (task.stopAtZero && totals.bytesZero - zero === task.extents[2 * i + 1]! && i + 1 < count) {
-          return { bytesWritten: totals.bytesWritten, bytesZero: totals.bytesZero, readMicros, writeMicros, failures, stoppedAt: i + 1 };
-        }
+        if (task.stopAtZero && totals.bytesZero - zero === task.extents[2 * i + 1]! && i + 1 < count) return result(i + 1);
       }
     } else {
       const work: Promise<void>[] = [];
       for (let i = 0; i < count; i++) work.push(this.#copyOne(task, i, readMicros, writeMicros, failures, totals));
       await Promise.all(work);
     }
-    return { bytesWritten: totals.bytesWritten, bytesZero: totals.bytesZero, readMicros, writeMicros, failures };
+    return result();
   }
 
   async #copyOne(
