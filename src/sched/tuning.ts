@@ -32,7 +32,7 @@ export const DAEMON_CLIENT_REQUESTS = 64;
 /** libuv's own ceiling on UV_THREADPOOL_SIZE. */
 const THREADPOOL_MAX = 1024;
 
-/** Default worker threads: one per core, at most 4 (the copy is I/O-bound; workers only dispatch). */
+/** Default worker threads of a mirror and a verify: one per core, at most 4 (the copy is I/O-bound; workers only dispatch). */
 export function defaultWorkers(): number {
   return Math.min(4, availableParallelism());
 }

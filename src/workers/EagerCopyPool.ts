@@ -1,7 +1,7 @@
 import type { DeviceSpec } from '../io/BlockDevice.js';
 import type { CopyTask, CopyTaskResult } from './CopyTask.js';
 import { SpecCopier } from './SpecCopier.js';
-import { DeviceSet } from './workerDevices.js';
+import { DeviceSet } from './DeviceSet.js';
 import { WorkerPool, type WorkerPoolOptions } from './WorkerPool.js';
 
 /**

@@ -1,6 +1,6 @@
 import type { CopyTask, CopyTaskResult } from './CopyTask.js';
 import { ExtentCopier } from './ExtentCopier.js';
-import type { DeviceSet } from './workerDevices.js';
+import type { DeviceSet } from './DeviceSet.js';
 
 /**
  * Copies tasks between the devices their specs name, opened from `devices` on this thread: one

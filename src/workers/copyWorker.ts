@@ -5,7 +5,7 @@
  */
 import type { CopyTask, CopyTaskResult } from './CopyTask.js';
 import { SpecCopier } from './SpecCopier.js';
-import { DeviceSet } from './workerDevices.js';
+import { DeviceSet } from './DeviceSet.js';
 
 const copier = new SpecCopier(new DeviceSet());
 

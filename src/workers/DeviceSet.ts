@@ -24,11 +24,3 @@ export class DeviceSet {
     await Promise.all(devices.map(async (dev) => (await dev.catch(() => undefined))?.close()));
   }
 }
-
-/** Devices this worker thread has open. Kept for the life of the worker. */
-const workerDevices = new DeviceSet();
-
-/** This thread's open device for `spec`, opened on first use. */
-export function deviceFor(spec: DeviceSpec): Promise<BlockDevice> {
-  return workerDevices.get(spec);
-}
