@@ -1,5 +1,6 @@
 import { IoError } from '../errors.js';
 import type { BlockDevice, DeviceSpec } from './BlockDevice.js';
+import { DeviceWrapper } from './DeviceWrapper.js';
 
 /** Operations a fault plan can fail. */
 export type FaultOperation = 'read' | 'write' | 'flush';
@@ -86,32 +87,12 @@ export class FaultPlan {
 }
 
 /** A device whose operations fail as a {@link FaultPlan} says; otherwise it is the device it wraps. */
-export class FaultyDevice implements BlockDevice {
-  readonly #inner: BlockDevice;
+export class FaultyDevice extends DeviceWrapper {
   readonly #plan: FaultPlan;
 
   constructor(inner: BlockDevice, plan: FaultPlan) {
-    this.#inner = inner;
+    super(inner);
     this.#plan = plan;
-  }
-
-  get description(): string {
-    return this.#inner.description;
-  }
-  get size(): number {
-    return this.#inner.size;
-  }
-  get readOnly(): boolean {
-    return this.#inner.readOnly;
-  }
-  get blockSize(): number {
-    return this.#inner.blockSize;
-  }
-  get maxRequest(): number {
-    return this.#inner.maxRequest;
-  }
-  get efficientZeroes(): boolean {
-    return this.#inner.efficientZeroes;
   }
 
   #maybeFail(operation: FaultOperation, offset: number, length: number): void {
@@ -121,29 +102,20 @@ export class FaultyDevice implements BlockDevice {
     }
   }
 
-  async read(buf: Uint8Array, offset: number): Promise<void> {
+  override async read(buf: Uint8Array, offset: number): Promise<void> {
     this.#maybeFail('read', offset, buf.length);
-    return this.#inner.read(buf, offset);
+    return super.read(buf, offset);
   }
-  async write(data: Uint8Array, offset: number): Promise<void> {
+  override async write(data: Uint8Array, offset: number): Promise<void> {
     this.#maybeFail('write', offset, data.length);
-    return this.#inner.write(data, offset);
+    return super.write(data, offset);
   }
-  async writeZeroes(offset: number, length: number): Promise<void> {
+  override async writeZeroes(offset: number, length: number): Promise<void> {
     this.#maybeFail('write', offset, length);
-    return this.#inner.writeZeroes(offset, length);
+    return super.writeZeroes(offset, length);
   }
-  discard(offset: number, length: number): Promise<void> {
-    return this.#inner.discard(offset, length);
-  }
-  async flush(): Promise<void> {
+  override async flush(): Promise<void> {
     this.#maybeFail('flush', 0, 0);
-    return this.#inner.flush();
-  }
-  allocBuffer(size: number): Promise<Buffer> {
-    return this.#inner.allocBuffer(size);
-  }
-  close(): Promise<void> {
-    return this.#inner.close();
+    return super.flush();
   }
 }

@@ -140,8 +140,7 @@ export class BulkCopy {
    * streams that stopped at zeros) for the chooser to hand out again.
    */
   async #runPhase(phase: CopyPhase, deadline: number | undefined): Promise<PhaseOutcome> {
-    const { tuning, target, runner } = this.#s;
-    const { streams } = this.#s;
+    const { tuning, target, runner, streams } = this.#s;
     const { data, holes } = this.#shapes(phase);
     const buffered = phase.plan.write === 'buffered';
     const pacer = new WritebackPacer(() => target.flush(), buffered ? tuning.flushEvery : 0);

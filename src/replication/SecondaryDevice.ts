@@ -1,5 +1,6 @@
 import { IoError, toIoError } from '../errors.js';
-import type { AllocationExtent, BlockDevice } from '../io/BlockDevice.js';
+import type { BlockDevice } from '../io/BlockDevice.js';
+import { DeviceWrapper } from '../io/DeviceWrapper.js';
 
 /** Offset, length pairs. */
 type Ranges = number[];
@@ -15,15 +16,7 @@ type Ranges = number[];
  *   have lost them (written, acknowledged, not yet on its disk). When a flush fails they are
  *   handed to `onLost`, for the job to copy again once the link is back.
  */
-export class SecondaryDevice implements BlockDevice {
-  readonly description: string;
-  readonly size: number;
-  readonly readOnly: boolean;
-  readonly blockSize: number;
-  readonly maxRequest: number;
-  readonly efficientZeroes: boolean;
-  readonly blockStatus?: (offset: number, length: number) => Promise<readonly AllocationExtent[]>;
-  readonly #inner: BlockDevice;
+export class SecondaryDevice extends DeviceWrapper {
   readonly #onDown: (err: IoError) => void;
   readonly #onLost: (ranges: readonly number[]) => void;
   #up = true;
@@ -33,15 +26,9 @@ export class SecondaryDevice implements BlockDevice {
   #flushing: Ranges[] = [];
 
   constructor(inner: BlockDevice, hooks: { onDown: (err: IoError) => void; onLost: (ranges: readonly number[]) => void }) {
-    this.#inner = inner;
+    super(inner);
     this.#onDown = hooks.onDown;
     this.#onLost = hooks.onLost;
-    this.description = inner.description;
-    this.size = inner.size;
-    this.readOnly = inner.readOnly;
-    this.blockSize = inner.blockSize;
-    this.maxRequest = inner.maxRequest;
-    this.efficientZeroes = inner.efficientZeroes;
   }
 
   /** False from the first failure until {@link up} says the link works again. */
@@ -62,32 +49,32 @@ export class SecondaryDevice implements BlockDevice {
     this.#written = [];
     if (unflushed.length) this.#onLost(unflushed);
     // The first flush after losing acknowledged writes fails once, by design: the second says whether the link works.
-    await this.#inner.flush().catch(() => this.#inner.flush());
+    await this.inner.flush().catch(() => this.inner.flush());
     this.#up = true;
   }
 
-  read(buf: Uint8Array, offset: number): Promise<void> {
-    return this.#run('read', offset, buf.length, () => this.#inner.read(buf, offset));
+  override read(buf: Uint8Array, offset: number): Promise<void> {
+    return this.#run('read', offset, buf.length, () => this.inner.read(buf, offset));
   }
 
-  write(data: Uint8Array, offset: number): Promise<void> {
-    return this.#run('write', offset, data.length, () => this.#inner.write(data, offset), true);
+  override write(data: Uint8Array, offset: number): Promise<void> {
+    return this.#run('write', offset, data.length, () => this.inner.write(data, offset), true);
   }
 
-  writeZeroes(offset: number, length: number): Promise<void> {
-    return this.#run('write', offset, length, () => this.#inner.writeZeroes(offset, length), true);
+  override writeZeroes(offset: number, length: number): Promise<void> {
+    return this.#run('write', offset, length, () => this.inner.writeZeroes(offset, length), true);
   }
 
-  discard(offset: number, length: number): Promise<void> {
-    return this.#run('discard', offset, length, () => this.#inner.discard(offset, length), true);
+  override discard(offset: number, length: number): Promise<void> {
+    return this.#run('discard', offset, length, () => this.inner.discard(offset, length), true);
   }
 
-  async flush(): Promise<void> {
+  override async flush(): Promise<void> {
     const covered = this.#written;
     this.#written = [];
     this.#flushing.push(covered);
     try {
-      await this.#run('flush', undefined, undefined, () => this.#inner.flush());
+      await this.#run('flush', undefined, undefined, () => this.inner.flush());
       this.#flushing = this.#flushing.filter((r) => r !== covered);
     } catch (err) {
       // What this flush was to make durable may be gone with the secondary: copy it again.
@@ -106,12 +93,8 @@ export class SecondaryDevice implements BlockDevice {
     for (const r of this.#flushing) r.length = 0;
   }
 
-  allocBuffer(size: number): Promise<Buffer> {
-    return this.#inner.allocBuffer(size);
-  }
-
   /** The link's device itself is the caller's to close. */
-  async close(): Promise<void> {}
+  override async close(): Promise<void> {}
 
   async #run(operation: 'read' | 'write' | 'discard' | 'flush', offset: number | undefined, length: number | undefined, op: () => Promise<void>, writes = false): Promise<void> {
     if (!this.#up) throw new IoError('ENOTCONN', operation === 'discard' ? 'discard' : operation, `${this.description}: the secondary is not connected`, { offset, length });

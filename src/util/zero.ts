@@ -6,6 +6,7 @@
  */
 export function isAllZero(buf: Uint8Array): boolean {
   if (buf.byteLength === 0) return true;
-  const view = Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength);
+  // The copier's buffers are Buffers already: no view to make per chunk.
+  const view = Buffer.isBuffer(buf) ? buf : Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength);
   return view[0] === 0 && view.subarray(1).equals(view.subarray(0, view.length - 1));
 }

@@ -4,7 +4,7 @@ import type { TaskRunner } from '../sched/CopyScheduler.js';
 import { TASKS_PER_WORKER } from '../sched/tuning.js';
 import type { CopyTask, CopyTaskResult } from './CopyTask.js';
 import { WorkerPool } from './WorkerPool.js';
-import { EagerCopyPool } from './EagerCopyPool.js';
+import type { EagerCopyPool } from './EagerCopyPool.js';
 import { InlineCopyRunner } from './InlineCopyRunner.js';
 
 /** Runs copy tasks and is closed when the copy ends. */
@@ -15,7 +15,8 @@ export interface CopyRunner extends TaskRunner {
 /**
  * The runner a copy between two open devices should use: the worker pool for files, or the
  * coordinator's own devices when an NBD export is involved (see connectionPlan.ts) or when asked
- * for no workers (`workers` 0).
+ * for no workers (`workers` 0). `pool`: a worker pool the caller started already (copyImage's
+ * {@link EagerCopyPool}), used instead of a new one.
  */
 export function createCopyRunner(
   source: BlockDevice,
@@ -30,11 +31,3 @@ export function createCopyRunner(
   return { runner, plan };
 }
 
-/**
- * A pool of copy workers between two files, started now: a copy starts it before opening the
- * devices, so the threads boot while the coordinator opens and probes the files, and copies on
- * the coordinator until they are up ({@link EagerCopyPool}). Passed to {@link createCopyRunner} as `pool`.
- */
-export function startCopyPool(workers: number, tasksPerWorker: number, ping: { source: DeviceSpec; target: DeviceSpec }): CopyRunner {
-  return new EagerCopyPool({ workers, tasksPerWorker }, ping);
-}

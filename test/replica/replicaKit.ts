@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { onTestFinished, vi } from 'vitest';
 import type { BlockDevice } from '../../src/io/BlockDevice.js';
 import { FileDevice } from '../../src/io/FileDevice.js';
+import { DeviceWrapper } from '../../src/io/DeviceWrapper.js';
 import { CheckpointBuffer, type BufferFile, type ReplicaDurability } from '../../src/replica/CheckpointBuffer.js';
 
 /** Closes `thing` once the test is over (given up on after a moment: a "crashed" object may never settle). */
@@ -85,68 +86,40 @@ export interface DeviceHooks {
 }
 
 /** A device (and buffer file) that runs hooks before each call and counts the calls. */
-export class HookedDevice implements BufferFile {
+export class HookedDevice extends DeviceWrapper<FileDevice> implements BufferFile {
   readonly reads: Array<{ offset: number; length: number }> = [];
   readonly writes: Array<{ offset: number; length: number }> = [];
   flushes = 0;
-  readonly #inner: FileDevice;
   hooks: DeviceHooks;
 
   constructor(inner: FileDevice, hooks: DeviceHooks = {}) {
-    this.#inner = inner;
+    super(inner);
     this.hooks = hooks;
   }
 
-  get description(): string {
-    return this.#inner.description;
-  }
-  get size(): number {
-    return this.#inner.size;
-  }
-  get readOnly(): boolean {
-    return this.#inner.readOnly;
-  }
-  get blockSize(): number {
-    return this.#inner.blockSize;
-  }
-  get maxRequest(): number {
-    return this.#inner.maxRequest;
-  }
-  get efficientZeroes(): boolean {
-    return this.#inner.efficientZeroes;
-  }
-  async read(buf: Uint8Array, offset: number): Promise<void> {
+  override async read(buf: Uint8Array, offset: number): Promise<void> {
     this.reads.push({ offset, length: buf.length });
     await this.hooks.beforeRead?.(offset, buf.length, this.reads.length);
-    await this.#inner.read(buf, offset);
+    await super.read(buf, offset);
   }
-  async write(data: Uint8Array, offset: number): Promise<void> {
+  override async write(data: Uint8Array, offset: number): Promise<void> {
     this.writes.push({ offset, length: data.length });
     await this.hooks.beforeWrite?.(offset, data.length, this.writes.length);
-    await this.#inner.write(data, offset);
+    await super.write(data, offset);
   }
-  async writeZeroes(offset: number, length: number): Promise<void> {
+  override async writeZeroes(offset: number, length: number): Promise<void> {
     this.writes.push({ offset, length });
     await this.hooks.beforeWrite?.(offset, length, this.writes.length);
-    await this.#inner.writeZeroes(offset, length);
+    await super.writeZeroes(offset, length);
   }
-  async discard(offset: number, length: number): Promise<void> {
-    await this.#inner.discard(offset, length);
-  }
-  async flush(): Promise<void> {
+  override async flush(): Promise<void> {
     this.flushes++;
     await this.hooks.beforeFlush?.(this.flushes);
-    await this.#inner.flush();
+    await super.flush();
   }
   async truncate(size: number): Promise<void> {
     await this.hooks.beforeTruncate?.(size);
-    await this.#inner.truncate(size);
-  }
-  allocBuffer(size: number): Promise<Buffer> {
-    return this.#inner.allocBuffer(size);
-  }
-  close(): Promise<void> {
-    return this.#inner.close();
+    await this.inner.truncate(size);
   }
 }
 
