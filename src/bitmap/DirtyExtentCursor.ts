@@ -17,8 +17,8 @@ export class DirtyExtentCursor implements ExtentSource {
   readonly exhausted = false as const;
   readonly #bitmap: DirtyBitmap;
   #position = 0;
-  /** What the last clear took; reused so that take allocates nothing. */
-  #claimed = new Uint32Array(1);
+  /** @internal Reused while the extent limit stays the same, so that take allocates nothing. */
+  claimer: RunClaimer | undefined;
 
   constructor(bitmap: DirtyBitmap) {
     this.#bitmap = bitmap;
@@ -36,37 +36,77 @@ export class DirtyExtentCursor implements ExtentSource {
    * an extent is one granule (a bit cannot be claimed in part).
    */
   take(out: number[], maxExtents: number, maxBytes: number): number {
-    if (!(maxBytes > 0)) throw new InvalidArgumentError(ErrorCode.INVALID_OPTION, `maxBytes must be positive, not ${maxBytes}`);
     const bitmap = this.#bitmap;
     const bits = bitmap.bitCount;
+    const maxBits = maxBitsFor(bitmap, maxBytes);
     if (maxExtents <= 0 || bits === 0) return 0;
-    const maxBits = Math.max(1, Math.min(bits, Math.floor(maxBytes / bitmap.granularity)));
-    if (this.#claimed.length * 32 < maxBits) this.#claimed = new Uint32Array(Math.ceil(maxBits / 32));
+    const claim = claimerFor(this, bitmap, maxBits);
     // One lap: from the start position to the end, then from bit 0 back up to it.
     const startedAt = this.#position;
     let limit = bits;
     let pos = startedAt;
     let n = 0;
     while (n < maxExtents) {
-      const start = pos < limit ? bitmap.nextDirty(pos) : -1;
-      if (start < 0 || start >= limit) {
+      const next = pos < limit ? claim.next(pos, limit, out) : -1;
+      if (next < 0) {
         if (limit !== bits || startedAt === 0) break;
         limit = startedAt;
         pos = 0;
         continue;
       }
-      const end = bitmap.nextClean(start, Math.min(bits, start + maxBits));
-      pos = end;
-      // Only what this clear took is ours; another drainer may have taken some bits meanwhile.
-      const claimed = bitmap.testAndClear(start, end - start, this.#claimed);
-      const words = Math.ceil((end - start) / 32);
-      const first = firstSetIn(claimed, words);
-      if (first < 0) continue;
-      const last = start + lastSetIn(claimed, words);
-      out.push((start + first) * bitmap.granularity, bitmap.bytesBetween(start + first, last + 1));
-      n++;
+      pos = next;
+      if (claim.claimed) n++;
     }
     this.#position = pos >= bits ? 0 : pos;
     return n;
+  }
+}
+
+/** Bits per extent for a byte limit: whole granules, at least one. */
+export function maxBitsFor(bitmap: DirtyBitmap, maxBytes: number): number {
+  if (!(maxBytes > 0)) throw new InvalidArgumentError(ErrorCode.INVALID_OPTION, `maxBytes must be positive, not ${maxBytes}`);
+  return Math.max(1, Math.min(bitmap.bitCount, Math.floor(maxBytes / bitmap.granularity)));
+}
+
+/** `holder`'s claimer for `maxBits`, made anew only when the limit changes. */
+export function claimerFor(holder: { claimer: RunClaimer | undefined }, bitmap: DirtyBitmap, maxBits: number): RunClaimer {
+  if (holder.claimer?.maxBits !== maxBits) holder.claimer = new RunClaimer(bitmap, maxBits);
+  return holder.claimer;
+}
+
+/** Claims dirty runs one at a time: the step both cursors take. */
+export class RunClaimer {
+  /** Whether the last {@link next} appended an extent. */
+  claimed = false;
+  readonly #bitmap: DirtyBitmap;
+  readonly maxBits: number;
+  /** What the last clear took. */
+  readonly #scratch: Uint32Array;
+
+  constructor(bitmap: DirtyBitmap, maxBits: number) {
+    this.#bitmap = bitmap;
+    this.maxBits = maxBits;
+    this.#scratch = new Uint32Array(Math.ceil(maxBits / 32));
+  }
+
+  /**
+   * Clears the first dirty run at or after bit `pos` and before `limit` (at most `maxBits` long),
+   * appends the part of it this clear took as an `offset, length` pair (another drainer may have
+   * taken some bits meanwhile), and returns the bit after the run; -1 when there is none.
+   */
+  next(pos: number, limit: number, out: number[]): number {
+    const bitmap = this.#bitmap;
+    this.claimed = false;
+    const start = bitmap.nextDirty(pos);
+    if (start < 0 || start >= limit) return -1;
+    const end = bitmap.nextClean(start, Math.min(limit, start + this.maxBits));
+    const claimed = bitmap.testAndClear(start, end - start, this.#scratch);
+    const words = Math.ceil((end - start) / 32);
+    const first = firstSetIn(claimed, words);
+    if (first < 0) return end;
+    const last = start + lastSetIn(claimed, words);
+    out.push((start + first) * bitmap.granularity, bitmap.bytesBetween(start + first, last + 1));
+    this.claimed = true;
+    return end;
   }
 }

@@ -1,4 +1,5 @@
 import type { Command } from 'commander';
+import { describePlan } from '../sched/IoPlanChooser.js';
 import { ErrorCode, InvalidArgumentError } from '../errors.js';
 import { readBitmapHeader } from '../bitmap/BitmapFile.js';
 import type { BlockDevice } from '../io/BlockDevice.js';
@@ -7,6 +8,7 @@ import { parseNbdUri } from '../io/nbd/NbdUri.js';
 import { ERROR_POLICIES, type ErrorPolicy } from '../job/errorPolicy.js';
 import { JobStatus } from '../job/JobStatus.js';
 import type { JobErrorEvent, JobOutcome, MirrorJob } from '../job/MirrorJob.js';
+import type { FirstPassSummary } from '../job/MirrorFirstPass.js';
 import { startMirror } from '../job/startMirror.js';
 import { resumeMirror } from '../job/resumeMirror.js';
 import { recoverJobState } from '../state/recoverJobState.js';
@@ -86,8 +88,9 @@ export function registerMirrorCommand(program: Command): void {
     .option('--min-copy-share <share>', 'share of its best rate the copy keeps while the application is over its latency target (0 to 1)', shareOption('--min-copy-share'), DEFAULT_MIN_COPY_SHARE)
     .addOption(choiceOption('--on-source-error <policy>', 'on a source read error: fail (report), retry (ignore), pause until SIGUSR2 (stop), stop on ENOSPC only (enospc)', ERROR_POLICIES, 'report'))
     .addOption(choiceOption('--on-target-error <policy>', 'on a target write or flush error, as --on-source-error', ERROR_POLICIES, 'report'))
-    .action(async (source: string | undefined, target: string | undefined, opts: MirrorCommandOptions) => {
-      process.exitCode = await runMirror(source, target, opts);
+    .action(async (source: string | undefined, target: string | undefined, opts: MirrorCommandOptions, command: Command) => {
+      // A chunk size left at its default lets the first pass's O_DIRECT phases move larger requests (startMirror's `chunkSize`).
+      process.exitCode = await runMirror(source, target, opts, command.getOptionValueSource('chunkSize') !== 'default');
     });
 }
 
@@ -292,7 +295,7 @@ async function resumePoint(dir: string, report: MirrorReport): Promise<{ source:
   return { source: name(state.source), target: name(state.target), completing: state.phase === 'completing' };
 }
 
-async function runMirror(givenSource: string | undefined, givenTarget: string | undefined, opts: MirrorCommandOptions): Promise<ExitCodeValue> {
+async function runMirror(givenSource: string | undefined, givenTarget: string | undefined, opts: MirrorCommandOptions, chunkAsked: boolean): Promise<ExitCodeValue> {
   // A malformed export URI is a usage error, found before anything is opened or created.
   if (opts.export !== undefined) parseNbdUri(opts.export, { forListening: true });
   if (opts.resume !== undefined) {
@@ -321,7 +324,7 @@ async function runMirror(givenSource: string | undefined, givenTarget: string | 
       copyMode: opts.copyMode,
       granularity,
       bufferSize: opts.bufferSize,
-      chunkSize: opts.chunkSize,
+      ...(chunkAsked ? { chunkSize: opts.chunkSize } : {}),
       workers: opts.workers,
       speed: opts.speed,
       onSourceError: opts.onSourceError,
@@ -349,6 +352,7 @@ async function runMirror(givenSource: string | undefined, givenTarget: string | 
       size: job.size,
       export: exported?.uri ?? null,
       ...tuning,
+      chunkSize: opts.chunkSize,
       completeOnReady: opts.completeOnReady,
       state: opts.state ?? opts.resume ?? null,
       resumed: opts.resume !== undefined,
@@ -369,7 +373,7 @@ async function runMirror(givenSource: string | undefined, givenTarget: string | 
       code = ExitCode.FAILED;
     }
     await job.close();
-    finish(report, run, outcome, code, source, target);
+    finish(report, run, outcome, code, source, target, job.firstPass);
     return code;
   } finally {
     for (const s of SIGNALS) process.off(s, onSignal);
@@ -395,7 +399,15 @@ async function closeExport(server: NbdServer | undefined, view: BlockDevice): Pr
 }
 
 /** Says how the job ended: the `done` event, or a line for people. */
-function finish(report: MirrorReport, run: MirrorRun, outcome: JobOutcome, code: ExitCodeValue, source: string, target: string): void {
+function finish(
+  report: MirrorReport,
+  run: MirrorRun,
+  outcome: JobOutcome,
+  code: ExitCodeValue,
+  source: string,
+  target: string,
+  firstPass: FirstPassSummary | undefined,
+): void {
   const failure = outcome.status === 'failed' ? outcome.error : undefined;
   report.event('done', {
     status: outcome.status,
@@ -405,10 +417,12 @@ function finish(report: MirrorReport, run: MirrorRun, outcome: JobOutcome, code:
     seconds: run.seconds,
     len: outcome.len,
     offset: outcome.offset,
+    firstPass: firstPass ?? null,
     ...(failure ? { code: errorCode(failure) ?? null, message: failure.message } : {}),
     ...(code === ExitCode.INTERRUPTED ? { code: ErrorCode.ABORTED, message: `interrupted before the mirror was in sync: ${target} is not a consistent copy` } : {}),
   });
-  const copied = `${formatBytes(outcome.offset)} copied in ${formatDuration(run.seconds)}`;
+  const pass = firstPass && `first pass: ${describePlan(firstPass.io.plan)}, ${firstPass.io.basis}${firstPass.endedBy ? `, handed over when ${firstPass.endedBy}` : ''}`;
+  const copied = `${formatBytes(outcome.offset)} copied in ${formatDuration(run.seconds)}${pass ? `; ${pass}` : ''}`;
   if (failure) reportError(failure, false);
   else if (outcome.status === 'cancelled' && !outcome.consistent) {
     process.stderr.write(`blockmirror: interrupted before the mirror was in sync: ${target} is not a consistent copy of ${source} (${copied})\n`);

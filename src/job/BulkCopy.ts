@@ -2,7 +2,7 @@ import { performance } from 'node:perf_hooks';
 import { IoError } from '../errors.js';
 import type { BlockDevice, DeviceSpec } from '../io/BlockDevice.js';
 import { CopyScheduler, type BatchOutcome } from '../sched/CopyScheduler.js';
-import { RangesExtentSource } from '../sched/ExtentSource.js';
+import { RangesExtentSource, type PhaseExtentSource } from '../sched/ExtentSource.js';
 import { IoPlanChooser, type CopyPhase, type IoPlan, type PhaseOutcome } from '../sched/IoPlanChooser.js';
 import { RateLimiter } from '../sched/RateLimiter.js';
 import { DEFAULT_PROGRESS_INTERVAL_MS, PassProgress, type PassProgressReport } from '../sched/PassProgress.js';
@@ -40,6 +40,8 @@ export interface BulkCopySettings {
   readonly largeRequests?: boolean;
   /** The source is mostly holes and takes O_DIRECT: phases scan it for holes (see {@link HOLE_SCAN}). */
   readonly holeScan?: boolean;
+  /** Where a phase's extents come from (default: its ranges as they are; a mirror claims dirty bits). */
+  readonly phaseExtents?: (ranges: ReadonlyArray<readonly [number, number]>) => PhaseExtentSource;
   readonly started: number;
 }
 
@@ -93,6 +95,8 @@ export class BulkCopy {
   #failure: IoError | undefined;
   #scheduler: CopyScheduler | undefined;
   #stopped = false;
+  /** The running phase's stop flag for its streams (see `CopyTask.cancel`). */
+  #cancel: Int32Array | undefined;
   /** Flushes of trials that had lost before they ended, still running. */
   readonly #pendingFlushes: Array<Promise<void>> = [];
 
@@ -129,6 +133,16 @@ export class BulkCopy {
     }
   }
 
+  /** Bytes the running phase has in flight. */
+  get inFlightBytes(): number {
+    return this.#scheduler?.inFlightBytes ?? 0;
+  }
+
+  /** Operations (or streams) the running phase has in flight. */
+  get inFlightOperations(): number {
+    return this.#scheduler?.inFlightOperations ?? 0;
+  }
+
   progress(): CopyProgress {
     return { ...this.#progress.sample(this.bytesDone), bytesWritten: this.bytesWritten, bytesZero: this.bytesZero };
   }
@@ -150,8 +164,11 @@ export class BulkCopy {
     const streamExtents = ({ chunk, depth }: RequestShape): number => Math.max(1, Math.floor(Math.min(STREAM_BYTES, Math.floor(bytes / depth / chunk) * chunk) / chunk));
     const initial = holes ?? data;
     const [done0, zero0] = [this.bytesDone, this.bytesZero];
-    const cancel = deadline !== undefined && streams ? new Int32Array(new SharedArrayBuffer(4)) : undefined;
+    // Streams stop at this flag after the extent each is on: a trial past its deadline, a stop.
+    const cancel = streams ? new Int32Array(new SharedArrayBuffer(4)) : undefined;
+    this.#cancel = cancel;
     const uncopied: Array<[number, number]> = [];
+    const ranges: PhaseExtentSource = this.#s.phaseExtents?.(phase.ranges) ?? new RangesExtentSource(phase.ranges);
     const scheduler = new CopyScheduler({
       pool: runner,
       source: specFor(this.#s.sourceSpec, holes ? 'direct' : phase.plan.read),
@@ -167,6 +184,7 @@ export class BulkCopy {
       limiter: this.#limiter,
       onBatch: (outcome) => {
         this.#account(outcome, uncopied);
+        ranges.finished?.(outcome);
         if (holes) {
           // A hole scan that reaches data copies it as the plan says, and goes back to scanning
           // at the next stream of holes (or one that stopped at zeros: it has reached holes).
@@ -187,16 +205,16 @@ export class BulkCopy {
       },
     });
     this.#scheduler = scheduler;
-    const ranges = new RangesExtentSource(phase.ranges);
     const started = performance.now();
     let cut = false;
-    const timer = cancel
-      ? setTimeout(() => {
-          cut = true;
-          Atomics.store(cancel, 0, 1);
-          scheduler.stop();
-        }, deadline! * 1000)
-      : undefined;
+    const timer =
+      cancel && deadline !== undefined
+        ? setTimeout(() => {
+            cut = true;
+            Atomics.store(cancel, 0, 1);
+            scheduler.stop();
+          }, deadline * 1000)
+        : undefined;
     try {
       await scheduler.run(ranges);
       clearTimeout(timer);
@@ -220,6 +238,7 @@ export class BulkCopy {
       clearTimeout(timer);
       this.pacedFlushes += pacer.flushes;
       this.#scheduler = undefined;
+      this.#cancel = undefined;
     }
     if (cut) uncopied.push(...ranges.rest());
     const copied = this.bytesDone - done0;
@@ -244,6 +263,7 @@ export class BulkCopy {
 
   #stop(): void {
     this.#stopped = true;
+    if (this.#cancel) Atomics.store(this.#cancel, 0, 1);
     this.#scheduler?.stop();
   }
 

@@ -14,17 +14,26 @@ import type { CopyPeriod, UnflushedCopies } from '../state/UnflushedCopies.js';
 export class GuardedDirtyExtents implements ExtentSource {
   readonly exhausted = false;
   readonly #bitmap: DirtyBitmap;
-  readonly #cursor: DirtyExtentCursor;
+  readonly #cursor: Pick<ExtentSource, 'take'>;
   readonly #locks: RangeLocks;
   readonly #hooks: UnsafeTestHooks;
   readonly #held = new Map<readonly number[], { releases: Array<() => void>; period: CopyPeriod | undefined }>();
   readonly #unflushed: UnflushedCopies | undefined;
 
-  /** `unflushed`: with a state directory, where claimed ranges wait until the target has them durably. */
-  constructor(bitmap: DirtyBitmap, locks: RangeLocks, hooks: UnsafeTestHooks = {}, unflushed?: UnflushedCopies) {
+  /**
+   * `unflushed`: with a state directory, where claimed ranges wait until the target has them
+   * durably. `cursor`: what claims the bits (default: the whole bitmap, round and round).
+   */
+  constructor(
+    bitmap: DirtyBitmap,
+    locks: RangeLocks,
+    hooks: UnsafeTestHooks = {},
+    unflushed?: UnflushedCopies,
+    cursor: Pick<ExtentSource, 'take'> = new DirtyExtentCursor(bitmap),
+  ) {
     this.#bitmap = bitmap;
     this.#unflushed = unflushed;
-    this.#cursor = new DirtyExtentCursor(bitmap);
+    this.#cursor = cursor;
     this.#locks = locks;
     this.#hooks = hooks;
   }

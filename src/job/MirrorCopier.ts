@@ -10,6 +10,7 @@ import { GuardedDirtyExtents } from './GuardedDirtyExtents.js';
 import type { RangeLocks } from './RangeLocks.js';
 import type { UnsafeTestHooks } from './TrackedDevice.js';
 import type { UnflushedCopies } from '../state/UnflushedCopies.js';
+import { MirrorFirstPass, type FirstPassPlan, type FirstPassSummary } from './MirrorFirstPass.js';
 
 /** Once caught up, new writes are collected this long before they are copied, in coalesced batches. */
 const COALESCE_MS = 10;
@@ -44,6 +45,8 @@ export interface MirrorCopierOptions {
   readonly onBatch?: (outcome: BatchOutcome) => void;
   /** With a state directory: claimed ranges are kept here until the target has them durably. */
   readonly unflushed?: UnflushedCopies;
+  /** A first pass on the bulk copy's engine, run before the copier's own loop (see MirrorFirstPass). */
+  readonly firstPass?: FirstPassPlan;
 }
 
 /**
@@ -52,8 +55,7 @@ export interface MirrorCopierOptions {
  * nothing is dirty and nothing is in flight.
  */
 export class MirrorCopier {
-  /** Bytes copied to the target so far. */
-  bytesCopied = 0;
+  #bytesCopied = 0;
   readonly #limiter: RateLimiter;
   /** The user's speed limit (0: none) and the tuner's pace (undefined: none); the copier keeps to the lower. */
   #speed: number;
@@ -64,6 +66,9 @@ export class MirrorCopier {
   readonly #extents: GuardedDirtyExtents;
   readonly #pacer: WritebackPacer;
   #running: Promise<void> | undefined;
+  readonly #firstPass: MirrorFirstPass | undefined;
+  /** The first pass's run, once started (it never rejects). */
+  #firstPassRun: Promise<void> | undefined;
   /** Callers waiting for the backlog (dirty and in flight) to fall to at most so many bytes. */
   #backlogWaiters: Array<{ bytes: number; resolve: () => void }> = [];
 
@@ -73,6 +78,19 @@ export class MirrorCopier {
     this.#limiter = new RateLimiter(options.speed);
     this.#pacer = new WritebackPacer(options.flushTarget, options.flushEvery);
     this.#pool = options.runner;
+    this.#firstPass = options.firstPass
+      ? new MirrorFirstPass({
+          ...options.firstPass,
+          sourceSpec: options.source,
+          targetSpec: options.target,
+          runner: options.runner,
+          bitmap: options.bitmap,
+          locks: options.locks,
+          unflushed: options.unflushed,
+          onFailures: options.onFailures,
+          onBatch: () => this.#checkBacklog(),
+        })
+      : undefined;
     this.#extents = new GuardedDirtyExtents(options.bitmap, options.locks, options.testHooks, options.unflushed);
     this.#scheduler = new CopyScheduler({
       pool: this.#pool,
@@ -93,8 +111,13 @@ export class MirrorCopier {
     });
   }
 
+  /** Bytes copied to the target so far. */
+  get bytesCopied(): number {
+    return this.#bytesCopied + (this.#firstPass?.bytesCopied ?? 0);
+  }
+
   get inFlightBytes(): number {
-    return this.#scheduler.inFlightBytes;
+    return this.#scheduler.inFlightBytes + (this.#firstPass?.inFlightBytes ?? 0);
   }
 
   get scheduler(): CopyScheduler {
@@ -103,11 +126,27 @@ export class MirrorCopier {
 
   /** Nothing dirty and nothing in flight. */
   get clean(): boolean {
-    return this.#o.bitmap.count() === 0 && this.#scheduler.inFlightOperations === 0;
+    return this.#o.bitmap.count() === 0 && this.#scheduler.inFlightOperations === 0 && (this.#firstPass?.inFlightOperations ?? 0) === 0;
   }
 
   start(): void {
-    this.#running ??= this.#scheduler.run(this.#extents);
+    this.#running ??= this.#run();
+  }
+
+  async #run(): Promise<void> {
+    this.#firstPassRun = this.#firstPass?.run();
+    await this.#firstPassRun;
+    await this.#scheduler.run(this.#extents);
+  }
+
+  /** What the first pass did, once it has ended (undefined: there was none, or it still runs). */
+  get firstPass(): FirstPassSummary | undefined {
+    return this.#firstPass?.summary;
+  }
+
+  /** Ends the first pass, if one runs: the copier's own loop copies what it leaves dirty. */
+  endFirstPass(reason: string): void {
+    this.#firstPass?.end(reason);
   }
 
   /** New dirty bits, a new speed: look again now. */
@@ -118,6 +157,8 @@ export class MirrorCopier {
   /** Stops dispatching; resolves once no copy I/O is in flight. */
   async pause(): Promise<void> {
     this.#scheduler.pause();
+    this.endFirstPass('the job was paused');
+    await this.#firstPassRun;
     await this.#scheduler.drain();
   }
 
@@ -150,6 +191,7 @@ export class MirrorCopier {
   #applyLimit(): void {
     const lowest = Math.min(this.#speed > 0 ? this.#speed : Number.POSITIVE_INFINITY, this.#pace ?? Number.POSITIVE_INFINITY);
     this.#limiter.setSpeed(Number.isFinite(lowest) ? Math.floor(lowest) : 0);
+    if (Number.isFinite(lowest)) this.endFirstPass('the copy rate was limited');
     this.#scheduler.notify();
   }
 
@@ -175,7 +217,9 @@ export class MirrorCopier {
   /** Stops for good: waits for the batches in flight, then stops the workers. */
   async stop(): Promise<void> {
     this.#scheduler.stop();
+    this.endFirstPass('the job stopped');
     await this.#running;
+    await this.#firstPassRun;
     await this.#scheduler.drain();
     await this.#pool.close();
     // A paced flush that failed is not an error here: the job's own final flush decides.
@@ -194,7 +238,7 @@ export class MirrorCopier {
       failedBytes += length;
     }
     this.#extents.release(extents);
-    this.bytesCopied += outcome.bytes - failedBytes;
+    this.#bytesCopied += outcome.bytes - failedBytes;
     this.#pacer.noteWritten(result.bytesWritten);
     this.#o.onBatch?.(outcome);
     if (failed.length) this.#o.onFailures(failed);

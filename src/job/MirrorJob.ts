@@ -7,6 +7,7 @@ import type { TuningDecision } from '../sched/ChunkTuner.js';
 import { resolveErrorAction, type ErrorAction, type ErrorPolicy, type IoStatus } from './errorPolicy.js';
 import { JOB_VERBS, JobStatus, canTransition, isActive, type JobStatusValue, type JobVerb } from './JobStatus.js';
 import type { FailedExtent, MirrorCopier } from './MirrorCopier.js';
+import type { FirstPassSummary } from './MirrorFirstPass.js';
 import {
   MirrorController,
   type ConvergenceEvent,
@@ -206,6 +207,8 @@ export class MirrorJob extends EventEmitter<MirrorJobEvents> {
       throw new JobError(ErrorCode.JOB_STATE, `job ${this.id} keeps state on disk: its writes go through job.device, on this thread, where the activity log sees them`);
     }
     this.device.disallowClearingCovered();
+    // Their writes are not seen here as they happen, so the first pass cannot stop for them.
+    this.#p.copier.endFirstPass('writers on other threads joined');
     return {
       size: this.#p.size,
       source: this.#p.sourceSpec,
@@ -267,6 +270,7 @@ export class MirrorJob extends EventEmitter<MirrorJobEvents> {
       throw new JobError(ErrorCode.JOB_STATE, `job ${this.id}: copy mode can only change from background to write-blocking`);
     }
     // No background write may still be in flight when write-blocking writes start taking locks.
+    this.#p.copier.endFirstPass('the copy mode changed to write-blocking');
     await this.#p.gate.close();
     this.device.setCopyMode(mode);
     this.#openGate();
@@ -492,9 +496,19 @@ export class MirrorJob extends EventEmitter<MirrorJobEvents> {
     };
   }
 
-  /** @internal The interceptor's write latencies, for the tuner. */
+  /** @internal The interceptor's write latencies, for the tuner; the first write also ends the first pass. */
   recordAppLatency(micros: number): void {
     this.#controller.appLatency.record(micros);
+    this.#p.copier.endFirstPass('the application wrote');
+  }
+
+  /**
+   * How the first pass copied, once it has ended: a full mirror between two files, in background
+   * mode and without a speed limit, starts on the bulk copy's engine (its measured I/O plan) while
+   * the application does not write. Undefined when there was none, or while it runs.
+   */
+  get firstPass(): FirstPassSummary | undefined {
+    return this.#p.copier.firstPass;
   }
 
   /**

@@ -9,7 +9,7 @@ import { DEFAULT_COPY_WORKERS, TASKS_PER_WORKER, resolveTuning, type CopyTuning 
 import { createCopyRunner } from '../workers/createCopyRunner.js';
 import { EagerCopyPool } from '../workers/EagerCopyPool.js';
 import { BulkCopy } from './BulkCopy.js';
-import { askedMode, ioModeCandidates, type IoModeCandidates } from './ioModeCandidates.js';
+import { askedMode, describeChoice, ioModeCandidates } from './ioModeCandidates.js';
 import type { CopyProgress } from './BulkCopy.js';
 
 export type { CopyProgress } from './BulkCopy.js';
@@ -162,12 +162,6 @@ export async function copyImage(first: string | CopyImageOptions, second?: strin
   } finally {
     await Promise.all([src?.close(), dst?.close(), pool?.close()]);
   }
-}
-
-/** The chooser's choice, with what the candidates add: why nothing was measured, what was left out, the hole scan. */
-function describeChoice(io: IoPlanChoice, modes: IoModeCandidates): IoPlanChoice {
-  const reason = [modes.why ?? io.reason, modes.why ? undefined : modes.note, modes.holeScan ? 'holes found by O_DIRECT scans (the source is mostly holes)' : undefined];
-  return { ...io, ...(modes.why ? { basis: 'fixed' as const } : {}), reason: reason.filter(Boolean).join('; ') };
 }
 
 /** Both of {@link copyImage}'s argument shapes, checked, as one. */

@@ -1,7 +1,7 @@
 import { constants, open, stat } from 'node:fs/promises';
 import { totalmem } from 'node:os';
 import type { DeviceSpec } from '../io/BlockDevice.js';
-import type { IoMode } from '../sched/IoPlanChooser.js';
+import type { IoMode, IoPlanChoice } from '../sched/IoPlanChooser.js';
 import type { CopyOptions } from './copyImage.js';
 
 /** The modes a copy may choose between, most preferred first, and why there is no choice where there is none. */
@@ -102,4 +102,10 @@ async function directSupported(path: string, writable: boolean): Promise<boolean
   } catch {
     return false;
   }
+}
+
+/** The chooser's choice, with what the candidates add: why nothing was measured, what was left out, the hole scan. */
+export function describeChoice(io: IoPlanChoice, modes: IoModeCandidates): IoPlanChoice {
+  const reason = [modes.why ?? io.reason, modes.why ? undefined : modes.note, modes.holeScan ? 'holes found by O_DIRECT scans (the source is mostly holes)' : undefined];
+  return { ...io, ...(modes.why ? { basis: 'fixed' as const } : {}), reason: reason.filter(Boolean).join('; ') };
 }

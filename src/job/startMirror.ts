@@ -6,7 +6,9 @@ import { checkLocationOrSpec, deviceSpecFor, describeValue } from '../io/locatio
 import { openDevice } from '../io/openDevice.js';
 import { checkTargetSize, prepareTarget } from '../io/prepareTarget.js';
 import { createCopyRunner } from '../workers/createCopyRunner.js';
-import { DEFAULT_BUFFER_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_FLUSH_EVERY, defaultWorkers } from '../sched/tuning.js';
+import { DEFAULT_BUFFER_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_FLUSH_EVERY, TASKS_PER_WORKER, defaultWorkers } from '../sched/tuning.js';
+import { ioModeCandidates } from './ioModeCandidates.js';
+import type { FirstPassPlan } from './MirrorFirstPass.js';
 import { isPowerOfTwo } from '../util/size.js';
 import { ERROR_POLICIES, type ErrorPolicy } from './errorPolicy.js';
 import { MirrorCopier } from './MirrorCopier.js';
@@ -220,6 +222,23 @@ async function openOwned(spec: DeviceSpec, opened: BlockDevice[]): Promise<Block
 }
 
 /**
+ * Whether a job starts with a first pass on the bulk copy's engine (see MirrorFirstPass): a full
+ * mirror between two files, in background mode, with no speed limit, through worker threads.
+ * (Test hooks break the copier's orders on purpose; the pass would hide what they break.)
+ */
+function firstPassEligible(o: MirrorOptions, sourceSpec: DeviceSpec, targetSpec: DeviceSpec, tuning: { workers: number; speed: number }): boolean {
+  return (
+    sourceSpec.kind === 'file' &&
+    targetSpec.kind === 'file' &&
+    (o.sync ?? 'full') === 'full' &&
+    (o.copyMode ?? 'background') === 'background' &&
+    tuning.speed === 0 &&
+    tuning.workers > 0 &&
+    o.unsafeTestHooks === undefined
+  );
+}
+
+/**
  * Starts a live mirror of `source` to `target` and resolves once it is running. Do the
  * application's I/O through `job.device` (or, on other threads, through `job.tracker()`).
  */
@@ -247,7 +266,7 @@ export async function startMirrorAt(options: MirrorOptions, resume: ResumePoint 
     }
     const targetSpec =
       typeof targetLocation === 'string' ? deviceSpecFor(targetLocation, { role: 'target', writable: true, direct: options.direct }) : targetLocation;
-    if (!options.targetDevice) await prepareTarget(targetSpec, sourceSpec, source.size);
+    const created = options.targetDevice ? false : (await prepareTarget(targetSpec, sourceSpec, source.size)).created;
     const target = options.targetDevice ?? (await openOwned(targetSpec, opened));
     checkTargetSize(target.description, target.size, source.size);
 
@@ -288,14 +307,30 @@ export async function startMirrorAt(options: MirrorOptions, resume: ResumePoint 
         onWriteLatency: (micros) => job?.recordAppLatency(micros),
       },
     });
-    const { runner, plan } = createCopyRunner(source, target, sourceSpec, { workers: tuning.workers });
+    const bulk = firstPassEligible(options, sourceSpec, targetSpec, tuning);
+    // A first pass's streams each run as one task: every worker must run its share of them at once.
+    const tasksPerWorker = bulk && tuning.workers > 0 ? Math.max(TASKS_PER_WORKER, Math.ceil(tuning.queueDepth / tuning.workers)) : TASKS_PER_WORKER;
+    const { runner, plan } = createCopyRunner(source, target, sourceSpec, { workers: tuning.workers, tasksPerWorker });
+    const chunkSize = Math.min(tuning.chunkSize, source.maxRequest, target.maxRequest);
+    const firstPass: FirstPassPlan | undefined =
+      bulk && !plan.inline
+        ? {
+            source,
+            target,
+            tuning: { chunkSize, queueDepth: tuning.queueDepth, workers: tuning.workers, speed: 0, flushEvery: DEFAULT_FLUSH_EVERY },
+            modes: await ioModeCandidates(sourceSpec, targetSpec, { direct: options.direct }, { pooled: true, limited: false, size: source.size }),
+            // Nothing but the pass writes the target while it runs (it ends at the application's first write).
+            targetIsZero: created,
+            largeRequests: options.chunkSize === undefined,
+          }
+        : undefined;
     const copier = new MirrorCopier({
       runner,
       source: sourceSpec,
       target: targetSpec,
       bitmap,
       locks,
-      chunkSize: Math.min(tuning.chunkSize, source.maxRequest, target.maxRequest),
+      chunkSize,
       queueDepth: tuning.queueDepth,
       workers: plan.inline ? 1 : tuning.workers,
       speed: tuning.speed,
@@ -304,6 +339,7 @@ export async function startMirrorAt(options: MirrorOptions, resume: ResumePoint 
       flushEvery: DEFAULT_FLUSH_EVERY,
       onFailures: (failed) => job?.handleCopyFailures(failed),
       unflushed: state?.unflushed,
+      ...(firstPass ? { firstPass } : {}),
     });
     job = new MirrorJob({
       id,
@@ -333,7 +369,7 @@ export async function startMirrorAt(options: MirrorOptions, resume: ResumePoint 
           maxQueueDepth: Math.max(tuning.queueDepth, MAX_TUNED_QUEUE_DEPTH),
           ...(options.minCopyShare !== undefined ? { minCopyShare: options.minCopyShare } : {}),
         },
-        initial: { chunkSize: Math.min(tuning.chunkSize, source.maxRequest, target.maxRequest), inFlight: tuning.bufferSize },
+        initial: { chunkSize, inFlight: tuning.bufferSize },
         adaptive: options.adaptive ?? true,
         latencyTargetMs: options.latencyTarget,
         onNoConvergence: options.onNoConvergence ?? 'write-blocking',

@@ -1,3 +1,5 @@
+import type { BatchOutcome } from './CopyScheduler.js';
+
 /**
  * Where the scheduler gets its work. A bulk copy walks the image once; a mirror job drains its
  * dirty bitmap (clearing bits as it claims them: invariant 2 of docs/architecture.md).
@@ -12,6 +14,21 @@ export interface ExtentSource {
   readonly exhausted: boolean;
   /** Bytes not yet handed out, where the source knows (a bulk copy's phase does; a live mirror's does not). */
   readonly remaining?: number;
+}
+
+/**
+ * The extents of one phase of a bulk copy (src/job/BulkCopy.ts): its ranges, each front to back,
+ * once. A copy hands them out as they are; a mirror's first pass claims the dirty bits in them.
+ */
+export interface PhaseExtentSource extends ExtentSource {
+  readonly remaining: number;
+  /** The ranges not yet walked, in order: a phase cut short leaves them to the next. */
+  rest(): Array<[number, number]>;
+  /**
+   * A batch it handed out has finished (`outcome.extents` is the array `take` appended to): a
+   * mirror's pass ends its claims here, marking dirty again what was not copied.
+   */
+  finished?(outcome: BatchOutcome): void;
 }
 
 /** The whole image, front to back, once: a bulk copy. */
@@ -46,7 +63,7 @@ export class LinearExtentSource implements ExtentSource {
 }
 
 /** Several byte ranges, each front to back, in order, once: a phase of a bulk copy. */
-export class RangesExtentSource implements ExtentSource {
+export class RangesExtentSource implements PhaseExtentSource {
   readonly #ranges: ReadonlyArray<readonly [number, number]>;
   #index = 0;
   #next: number;

@@ -12,4 +12,11 @@ describe('a mirror killed with SIGKILL and resumed', () => {
     expect(result.mismatchedBlocks).toBe(0);
     expect(result.kills).toHaveLength(4);
   }, 120_000);
+
+  it('loses nothing when killed in the first pass, before any write (the bulk copy engine claiming from the bitmap)', async () => {
+    const result = await runKills({ dir: await scratch(), kills: 3, killsPerEpisode: 1, aims: ['first-pass'], imageBytes: 128 << 20, seed: 20261202 });
+    expect(result.problems).toEqual([]);
+    expect(result.mismatchedBlocks).toBe(0);
+    expect(result.kills.map((k) => k.aim)).toEqual(['first-pass', 'first-pass', 'first-pass']);
+  }, 120_000);
 });

@@ -8,9 +8,13 @@ import { ShadowWriter } from './ShadowWriter.js';
 /** The built command line. */
 const CLI = resolve(import.meta.dirname, '../../dist/cli/bin.js');
 
-/** Where a kill is aimed. The job may have moved on by the time it lands: `status` says where it was. */
-export type KillAim = 'copying' | 'ready' | 'completing';
-const AIMS: readonly KillAim[] = ['copying', 'ready', 'completing'];
+/**
+ * Where a kill is aimed. The job may have moved on by the time it lands: `status` says where it
+ * was. `first-pass`: with no writer yet, so a new job is still in its first pass (the bulk copy's
+ * engine) when killed.
+ */
+export type KillAim = 'first-pass' | 'copying' | 'ready' | 'completing';
+const AIMS: readonly KillAim[] = ['first-pass', 'copying', 'ready', 'completing'];
 
 /** Options of {@link runKills}. */
 export interface KillRunOptions {
@@ -22,6 +26,8 @@ export interface KillRunOptions {
   readonly killsPerEpisode?: number;
   readonly imageBytes?: number;
   readonly seed?: number;
+  /** Where kills may be aimed (default: anywhere). */
+  readonly aims?: readonly KillAim[];
   /** Progress lines. */
   readonly log?: (line: string) => void;
 }
@@ -53,7 +59,7 @@ class MirrorProcess {
   readonly child: ChildProcess;
   readonly exited: Promise<number | null>;
   readonly #events: Array<Record<string, unknown>> = [];
-  readonly #waiters: Array<{ event: string; resolve: (e: Record<string, unknown>) => void }> = [];
+  readonly #waiters: Array<{ event: string; where: (e: Record<string, unknown>) => boolean; resolve: (e: Record<string, unknown>) => void }> = [];
   stderr = '';
 
   constructor(args: readonly string[]) {
@@ -68,19 +74,19 @@ class MirrorProcess {
         if (!line.startsWith('{')) continue;
         const e = JSON.parse(line) as Record<string, unknown>;
         this.#events.push(e);
-        for (const w of this.#waiters.filter((x) => x.event === e.event)) w.resolve(e);
+        for (const w of this.#waiters.filter((x) => x.event === e.event && x.where(e))) w.resolve(e);
       }
     });
     this.child.stderr!.on('data', (d: Buffer) => (this.stderr += d.toString()));
     this.exited = new Promise((done) => this.child.on('close', (code) => done(code)));
   }
 
-  /** The first event of that name (at once if it came already); rejects if the process exits first. */
-  event(name: string): Promise<Record<string, unknown>> {
-    const seen = this.#events.find((e) => e.event === name);
+  /** The first event of that name (and matching `where`), at once if it came already; rejects if the process exits first. */
+  event(name: string, where: (e: Record<string, unknown>) => boolean = () => true): Promise<Record<string, unknown>> {
+    const seen = this.#events.find((e) => e.event === name && where(e));
     if (seen) return Promise.resolve(seen);
     return new Promise((resolveEvent, reject) => {
-      this.#waiters.push({ event: name, resolve: resolveEvent });
+      this.#waiters.push({ event: name, where, resolve: resolveEvent });
       void this.exited.then((code) => reject(new Error(`mirror exited (${code}) before '${name}': ${this.stderr.trim()}`)));
     });
   }
@@ -133,9 +139,15 @@ export async function runKills(o: KillRunOptions): Promise<KillRunResult> {
     let pivoted = false;
     for (let k = 0; k < perEpisode && kills.length < o.kills; k++) {
       await proc.event('start');
-      await writer.start(uri, 4);
-      const aim = AIMS[Math.floor(random() * AIMS.length)]!;
-      if (aim === 'copying') await sleep(random() * 100);
+      const aims = o.aims ?? AIMS;
+      const aim = aims[Math.floor(random() * aims.length)]!;
+      const writing = aim !== 'first-pass';
+      if (writing) await writer.start(uri, 4);
+      if (aim === 'first-pass') {
+        // Once the pass has copied something, within a checkpoint or two.
+        await proc.event('progress', (e) => Number(e.offset) > 0);
+        await sleep(random() * 2 * Number(interval));
+      } else if (aim === 'copying') await sleep(random() * 100);
       else {
         await proc.event('ready');
         if (aim === 'ready') await sleep(random() * 100);
@@ -146,7 +158,7 @@ export async function runKills(o: KillRunOptions): Promise<KillRunResult> {
       }
       proc.child.kill('SIGKILL');
       await proc.exited;
-      await writer.stop();
+      if (writing) await writer.stop();
       const s = status(stateDir);
       const phase = String(s.phase);
       const leftBytes = Number(s.leftBytes);

@@ -1,0 +1,186 @@
+import { performance } from 'node:perf_hooks';
+import type { DirtyBitmap } from '../bitmap/DirtyBitmap.js';
+import { DirtyRangeCursor } from '../bitmap/DirtyRangeCursor.js';
+import type { BlockDevice, DeviceSpec } from '../io/BlockDevice.js';
+import type { BatchOutcome } from '../sched/CopyScheduler.js';
+import type { PhaseExtentSource } from '../sched/ExtentSource.js';
+import { IoPlanChooser, type IoPlanChoice } from '../sched/IoPlanChooser.js';
+import type { CopyTuning } from '../sched/tuning.js';
+import type { CopyRunner } from '../workers/createCopyRunner.js';
+import type { UnflushedCopies } from '../state/UnflushedCopies.js';
+import { BulkCopy } from './BulkCopy.js';
+import { GuardedDirtyExtents } from './GuardedDirtyExtents.js';
+import { describeChoice, type IoModeCandidates } from './ioModeCandidates.js';
+import type { FailedExtent } from './MirrorCopier.js';
+import type { RangeLocks } from './RangeLocks.js';
+
+/** What a mirror's first pass did: how it copied, how much, and what ended it early, if anything did. */
+export interface FirstPassSummary {
+  /** How the source was read and the target written, and why (as a bulk copy's `io`). */
+  readonly io: IoPlanChoice;
+  readonly bytesCopied: number;
+  readonly seconds: number;
+  /** Why the pass handed over to the mirror's own copier before the end of the image (undefined: it reached the end). */
+  readonly endedBy: string | undefined;
+}
+
+/** How a mirror job's first pass copies (the mirror's copier adds what they share). */
+export interface FirstPassPlan {
+  /** The coordinator's devices: sizes, and the target's flushes. */
+  readonly source: BlockDevice;
+  readonly target: BlockDevice;
+  readonly tuning: CopyTuning;
+  readonly modes: IoModeCandidates;
+  /** The target was created for this job: nothing but this pass has written it. */
+  readonly targetIsZero: boolean;
+  /** No chunk size was asked for (see BulkCopy's `largeRequests`). */
+  readonly largeRequests: boolean;
+}
+
+/** What a {@link MirrorFirstPass} copies with. */
+export interface MirrorFirstPassSettings extends FirstPassPlan {
+  readonly sourceSpec: DeviceSpec;
+  readonly targetSpec: DeviceSpec;
+  /** The mirror's runner: the pass leaves it open for the mirror's copier. */
+  readonly runner: CopyRunner;
+  readonly bitmap: DirtyBitmap;
+  readonly locks: RangeLocks;
+  readonly unflushed: UnflushedCopies | undefined;
+  /** Called with the failed extents of a batch (their bits are set again: invariant 2). */
+  readonly onFailures: (failed: readonly FailedExtent[]) => void;
+  /** Called after every batch (the copier checks its backlog waiters). */
+  readonly onBatch: () => void;
+}
+
+/**
+ * The first pass of a full mirror, while the application is not writing: the bulk copy's engine
+ * (its measured I/O plan, large O_DIRECT requests, hole scan) over the image once, claiming each
+ * extent from the dirty bitmap as the mirror's copier does (bits cleared before the copy reads,
+ * copy locks held: invariants 2 and 3). It ends at the application's first write, a pause, a
+ * speed limit or a copy-mode change: its streams stop after the extent each is on, whatever they
+ * claimed and did not copy is marked dirty again, and the mirror's copier, which its controller
+ * paces, copies everything still dirty. So nothing the pass leaves is lost, and nothing the
+ * application writes waits behind it for long.
+ */
+export class MirrorFirstPass {
+  readonly #copy: BulkCopy;
+  readonly #chooser: IoPlanChooser;
+  readonly #modes: IoModeCandidates;
+  readonly #stop = new AbortController();
+  #endedBy: string | undefined;
+  #started = 0;
+  #seconds: number | undefined;
+
+  constructor(settings: MirrorFirstPassSettings) {
+    const { source, tuning, modes, runner } = settings;
+    this.#modes = modes;
+    const chunkSize = Math.min(tuning.chunkSize, settings.target.maxRequest, source.maxRequest);
+    this.#chooser = new IoPlanChooser({ size: source.size, alignment: chunkSize, warmupBytes: chunkSize * tuning.queueDepth, ...modes });
+    this.#copy = new BulkCopy({
+      sourceSpec: settings.sourceSpec,
+      targetSpec: settings.targetSpec,
+      source,
+      target: settings.target,
+      tuning,
+      // The mirror's copier goes on with the same workers.
+      runner: { run: (task) => runner.run(task), close: async () => undefined },
+      chooser: this.#chooser,
+      detectZeroes: true,
+      targetIsZero: settings.targetIsZero,
+      streams: true,
+      largeRequests: settings.largeRequests,
+      holeScan: modes.holeScan,
+      phaseExtents: (ranges) => new ClaimedRanges(settings, ranges),
+      started: performance.now(),
+    });
+  }
+
+  /** Bytes copied so far. */
+  get bytesCopied(): number {
+    return this.#copy.bytesDone;
+  }
+
+  get inFlightBytes(): number {
+    return this.#copy.inFlightBytes;
+  }
+
+  get inFlightOperations(): number {
+    return this.#copy.inFlightOperations;
+  }
+
+  /** What the pass did, once it has ended. */
+  get summary(): FirstPassSummary | undefined {
+    if (this.#seconds === undefined) return undefined;
+    return { io: describeChoice(this.#chooser.choice, this.#modes), bytesCopied: this.bytesCopied, seconds: this.#seconds, endedBy: this.#endedBy };
+  }
+
+  /**
+   * Copies until the end of the image or {@link end}. Never rejects: a failed extent has been
+   * reported through `onFailures` and marked dirty again, and the mirror's copier copies what
+   * the pass did not.
+   */
+  async run(): Promise<void> {
+    this.#started = performance.now();
+    try {
+      await this.#copy.run({ signal: this.#stop.signal });
+    } catch (err) {
+      this.#endedBy ??= `it failed: ${err instanceof Error ? err.message : String(err)}`;
+    } finally {
+      this.#seconds = (performance.now() - this.#started) / 1000;
+    }
+  }
+
+  /** Hands over to the mirror's copier: the streams stop after the extent each is on. */
+  end(reason: string): void {
+    if (this.#endedBy !== undefined || this.#seconds !== undefined) return;
+    this.#endedBy = reason;
+    this.#stop.abort();
+  }
+}
+
+/**
+ * One phase's extents for the first pass: the dirty bits in its ranges, claimed under copy locks
+ * (a {@link GuardedDirtyExtents} over a {@link DirtyRangeCursor}). A finished batch marks what it
+ * did not copy (a stopped stream's rest, failures) dirty again before its claims end.
+ */
+class ClaimedRanges implements PhaseExtentSource {
+  readonly #s: MirrorFirstPassSettings;
+  readonly #cursor: DirtyRangeCursor;
+  readonly #claims: GuardedDirtyExtents;
+
+  constructor(settings: MirrorFirstPassSettings, ranges: ReadonlyArray<readonly [number, number]>) {
+    this.#s = settings;
+    this.#cursor = new DirtyRangeCursor(settings.bitmap, ranges);
+    this.#claims = new GuardedDirtyExtents(settings.bitmap, settings.locks, {}, settings.unflushed, this.#cursor);
+  }
+
+  get exhausted(): boolean {
+    return this.#cursor.exhausted;
+  }
+
+  get remaining(): number {
+    return this.#cursor.remaining;
+  }
+
+  rest(): Array<[number, number]> {
+    return this.#cursor.rest();
+  }
+
+  take(out: number[], maxExtents: number, maxBytes: number): number {
+    return this.#claims.take(out, maxExtents, maxBytes);
+  }
+
+  finished({ extents, result }: BatchOutcome): void {
+    const { bitmap } = this.#s;
+    for (let i = result.stoppedAt ?? extents.length / 2; i < extents.length / 2; i++) bitmap.mark(extents[2 * i]!, extents[2 * i + 1]!);
+    const failed = result.failures.map((failure): FailedExtent => {
+      const offset = extents[2 * failure.index]!;
+      const length = extents[2 * failure.index + 1]!;
+      bitmap.mark(offset, length);
+      return { offset, length, failure };
+    });
+    this.#claims.release(extents);
+    if (failed.length) this.#s.onFailures(failed);
+    this.#s.onBatch();
+  }
+}

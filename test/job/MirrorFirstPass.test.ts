@@ -1,0 +1,138 @@
+import { describe, expect, it } from 'vitest';
+import { DirtyBitmap } from '../../src/index.js';
+import { MirrorFirstPass } from '../../src/job/MirrorFirstPass.js';
+import { RangeLocks } from '../../src/job/RangeLocks.js';
+import type { FailedExtent } from '../../src/job/MirrorCopier.js';
+import { UnflushedCopies } from '../../src/state/UnflushedCopies.js';
+import type { CopyTask, CopyTaskResult } from '../../src/workers/CopyTask.js';
+import { MemoryDevice } from '../helpers/MemoryDevice.js';
+
+const KiB = 1024;
+const SIZE = 1 << 20;
+const CHUNK = 64 * KiB;
+
+/** A runner whose first task waits until the test settles it; every later one succeeds at once. */
+class HeldRunner {
+  readonly tasks: CopyTask[] = [];
+  #settle: ((result: CopyTaskResult) => void) | undefined;
+  readonly first: Promise<CopyTask>;
+  #arrived!: (task: CopyTask) => void;
+
+  constructor() {
+    this.first = new Promise((resolve) => (this.#arrived = resolve));
+  }
+
+  run(task: CopyTask): Promise<CopyTaskResult> {
+    this.tasks.push(task);
+    if (this.tasks.length > 1) return Promise.resolve(success(task));
+    this.#arrived(task);
+    return new Promise((resolve) => (this.#settle = resolve));
+  }
+
+  /** Ends the first task with what `change` makes of a success. */
+  settleFirst(change: (r: CopyTaskResult) => CopyTaskResult = (r) => r): void {
+    this.#settle!(change(success(this.tasks[0]!)));
+  }
+
+  async close(): Promise<void> {}
+}
+
+function success(task: CopyTask): CopyTaskResult {
+  const n = task.extents.length / 2;
+  let bytes = 0;
+  for (let i = 1; i < task.extents.length; i += 2) bytes += task.extents[i]!;
+  return { bytesWritten: bytes, bytesZero: 0, readMicros: new Float64Array(n).fill(10), writeMicros: new Float64Array(n).fill(10), failures: [] };
+}
+
+function setup() {
+  const bitmap = DirtyBitmap.create(SIZE, 4 * KiB);
+  bitmap.markAll();
+  const locks = new RangeLocks();
+  const unflushed = new UnflushedCopies();
+  const runner = new HeldRunner();
+  const failures: FailedExtent[] = [];
+  const pass = new MirrorFirstPass({
+    sourceSpec: { kind: 'file', path: '/src', writable: true, role: 'source' },
+    targetSpec: { kind: 'file', path: '/dst', writable: true, role: 'target' },
+    source: new MemoryDevice(SIZE),
+    target: new MemoryDevice(SIZE),
+    runner,
+    bitmap,
+    locks,
+    unflushed,
+    tuning: { chunkSize: CHUNK, queueDepth: 2, workers: 1, speed: 0, flushEvery: 0 },
+    modes: { readModes: ['buffered'], writeModes: ['buffered'] },
+    targetIsZero: false,
+    largeRequests: false,
+    onFailures: (failed) => failures.push(...failed),
+    onBatch: () => {},
+  });
+  return { bitmap, locks, unflushed, runner, failures, pass };
+}
+
+/** The extents of a task as [offset, length] pairs. */
+function pairs(extents: readonly number[]): Array<[number, number]> {
+  return Array.from({ length: extents.length / 2 }, (_, i) => [extents[2 * i]!, extents[2 * i + 1]!]);
+}
+
+describe('MirrorFirstPass', () => {
+  it('clears an extent\'s bits before its copy runs, and a checkpoint taken meanwhile still counts them dirty', async () => {
+    const { bitmap, unflushed, runner, pass } = setup();
+    const run = pass.run();
+    const task = await runner.first;
+    const snapshot = DirtyBitmap.create(SIZE, 4 * KiB);
+    unflushed.addTo(snapshot);
+    for (const [offset, length] of pairs(task.extents)) {
+      expect(bitmap.isDirty(offset, length)).toBe(false);
+      expect(snapshot.allDirty(offset, length)).toBe(true);
+    }
+    runner.settleFirst();
+    await run;
+    expect(bitmap.count()).toBe(0);
+    expect(pass.summary).toMatchObject({ bytesCopied: SIZE, endedBy: undefined });
+  });
+
+  it('holds a copy lock over each extent while it is copied, so a write-blocking write there waits for the copy', async () => {
+    const { locks, runner, pass } = setup();
+    const run = pass.run();
+    const [offset, length] = pairs((await runner.first).extents)[0]!;
+    let acquired = false;
+    const write = locks.acquireWrite(offset, offset + length).then((release) => {
+      acquired = true;
+      release();
+    });
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(acquired).toBe(false);
+    runner.settleFirst();
+    await write;
+    await run;
+    expect(acquired).toBe(true);
+  });
+
+  it('once ended, marks dirty again what a stopped stream claimed and did not copy, and claims nothing more', async () => {
+    const { bitmap, runner, pass } = setup();
+    const run = pass.run();
+    const task = await runner.first;
+    pass.end('the application wrote');
+    runner.settleFirst((r) => ({ ...r, stoppedAt: 1 }));
+    await run;
+    const [first, ...rest] = pairs(task.extents);
+    expect(rest.length).toBeGreaterThan(0);
+    expect(bitmap.isDirty(first![0], first![1])).toBe(false);
+    for (const [offset, length] of rest) expect(bitmap.allDirty(offset, length)).toBe(true);
+    const copied = runner.tasks.slice(1).reduce((n, t) => n + pairs(t.extents).reduce((m, [, l]) => m + l, 0), 0) + first![1];
+    expect(bitmap.dirtyBytes()).toBe(SIZE - copied);
+    expect(pass.summary).toMatchObject({ bytesCopied: copied, endedBy: 'the application wrote' });
+  });
+
+  it('reports a failed extent, marks it dirty again, and ends', async () => {
+    const { bitmap, runner, failures, pass } = setup();
+    const run = pass.run();
+    const [offset, length] = pairs((await runner.first).extents)[0]!;
+    runner.settleFirst((r) => ({ ...r, failures: [{ index: 0, operation: 'read', errno: 'EIO', message: 'read failed' }] }));
+    await run;
+    expect(failures).toEqual([{ offset, length, failure: { index: 0, operation: 'read', errno: 'EIO', message: 'read failed' } }]);
+    expect(bitmap.allDirty(offset, length)).toBe(true);
+    expect(pass.summary?.endedBy).toMatch(/^it failed: /);
+  });
+});

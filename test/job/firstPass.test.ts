@@ -1,0 +1,121 @@
+import { randomBytes } from 'node:crypto';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { startMirror, type MirrorJob, type MirrorOptions } from '../../src/index.js';
+import { hashFile } from '../../src/util/imageTools.js';
+import { seededRandom } from '../fixtures/prng.mjs';
+import { useScratchDir } from '../helpers/scratch.js';
+
+const KiB = 1024;
+const MiB = 1 << 20;
+const scratch = useScratchDir();
+
+async function setup(size: number, fill: (size: number) => Buffer = randomBytes): Promise<{ src: string; dst: string }> {
+  const dir = await scratch();
+  await writeFile(join(dir, 'src.img'), fill(size));
+  return { src: join(dir, 'src.img'), dst: join(dir, 'dst.img') };
+}
+
+function ready(job: MirrorJob): Promise<unknown> {
+  return new Promise((resolve) => job.once('ready', resolve));
+}
+
+/** Completes a job once ready; the target must then equal the source. */
+async function completeAndCompare(job: MirrorJob, src: string, dst: string): Promise<void> {
+  if (job.status !== 'ready') await ready(job);
+  expect(await job.complete()).toMatchObject({ status: 'completed' });
+  await job.close();
+  expect(await hashFile(dst)).toBe(await hashFile(src));
+}
+
+async function mirror(options: Partial<MirrorOptions> & Pick<MirrorOptions, 'source' | 'target'>): Promise<MirrorJob> {
+  return startMirror({ workers: 2, ...options });
+}
+
+describe('a full mirror\'s first pass', () => {
+  it('copies the whole image on the bulk copy\'s engine while nothing writes, and says how it read and wrote', async () => {
+    const { src, dst } = await setup(16 * MiB);
+    const job = await mirror({ source: src, target: dst });
+    await completeAndCompare(job, src, dst);
+    const pass = job.firstPass!;
+    expect(pass.endedBy).toBeUndefined();
+    expect(pass.bytesCopied).toBe(16 * MiB);
+    expect(['buffered', 'direct']).toContain(pass.io.plan.read);
+    expect(['buffered', 'direct']).toContain(pass.io.plan.write);
+    expect(pass.io.reason.length).toBeGreaterThan(0);
+  });
+
+  it('hands over to the mirror\'s copier at the application\'s first write, which the copier then carries', async () => {
+    const { src, dst } = await setup(64 * MiB);
+    const job = await mirror({ source: src, target: dst });
+    await job.device.write(randomBytes(MiB), 63 * MiB);
+    await job.device.write(randomBytes(MiB), 0);
+    await completeAndCompare(job, src, dst);
+    expect(job.firstPass!.endedBy).toBe('the application wrote');
+    expect(job.firstPass!.bytesCopied).toBeLessThan(64 * MiB);
+  });
+
+  for (const seed of [1, 2, 3]) {
+    it(`ends equal under eight lanes of random writes that start with it (seed ${seed})`, async () => {
+      const random = seededRandom(seed);
+      const size = 32 * MiB;
+      const { src, dst } = await setup(size);
+      const job = await mirror({ source: src, target: dst });
+      const lane = async (): Promise<void> => {
+        for (let i = 0; i < 40; i++) {
+          const length = (1 + Math.floor(random() * 16)) * 4 * KiB;
+          const offset = Math.floor(random() * ((size - length) / 512)) * 512;
+          // Zeros now and then: a target assumed zero must still get them where data was copied.
+          await job.device.write(random() < 0.2 ? Buffer.alloc(length) : randomBytes(length), offset);
+        }
+      };
+      await Promise.all(Array.from({ length: 8 }, lane));
+      await completeAndCompare(job, src, dst);
+      expect(job.firstPass!.endedBy).toBe('the application wrote');
+    });
+  }
+
+  it('ends when the job is paused, and the copier finishes after resume', async () => {
+    const { src, dst } = await setup(64 * MiB);
+    const job = await mirror({ source: src, target: dst });
+    await job.pause();
+    expect(job.progress().inFlightBytes).toBe(0);
+    job.resume();
+    await completeAndCompare(job, src, dst);
+    expect(job.firstPass!.endedBy).toBe('the job was paused');
+  });
+
+  it('ends when writers on other threads join', async () => {
+    const { src, dst } = await setup(64 * MiB);
+    const job = await mirror({ source: src, target: dst });
+    job.tracker();
+    await completeAndCompare(job, src, dst);
+    expect(job.firstPass!.endedBy).toBe('writers on other threads joined');
+  });
+
+  it('writes the zeros of the source over an existing target, which it does not assume zero', async () => {
+    const half = (size: number): Buffer => Buffer.concat([randomBytes(size / 2), Buffer.alloc(size / 2)]);
+    const { src, dst } = await setup(16 * MiB, half);
+    await writeFile(dst, randomBytes(16 * MiB));
+    const job = await mirror({ source: src, target: dst });
+    await completeAndCompare(job, src, dst);
+    expect(job.firstPass!.endedBy).toBeUndefined();
+  });
+
+  for (const [name, options] of [
+    ['sync none', { sync: 'none' }],
+    ['write-blocking mode', { copyMode: 'write-blocking' }],
+    ['a speed limit', { speed: 256 * MiB }],
+    ['no worker threads', { workers: 0 }],
+  ] as const) {
+    it(`is not run with ${name}`, async () => {
+      const { src, dst } = await setup(4 * MiB);
+      const job = await mirror({ source: src, target: dst, ...options });
+      await ready(job);
+      await job.complete();
+      await job.close();
+      expect(job.firstPass).toBeUndefined();
+    });
+  }
+});
