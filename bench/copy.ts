@@ -5,11 +5,14 @@
  * time and of CPU-seconds (user + system of the tool's processes). Each run also records how much
  * the page cache grew (Cached in /proc/meminfo, before and after).
  *
+ * `mirror` is `blockmirror mirror --complete-on-ready` (a live mirror with no writer, switched
+ * over once in sync), whose first pass runs on the copy's engine.
+ *
  * Variants: `random` (--size of random data), `sparse` (--size, half holes), `sparse64` (64 GiB
  * holding 1 GiB of data in 8 runs, the shape of a VM disk; dd, which reads every hole, skips it).
  *
  *   npm run bench:copy -- [--size 4G] [--runs 5] [--cache warm,cold] [--variants random,sparse,sparse64]
- *                         [--tools blockmirror,nbdcopy,qemu-img,cp,dd] [--dir DIR] [--json FILE]
+ *                         [--tools blockmirror,mirror,nbdcopy,qemu-img,cp,dd] [--dir DIR] [--json FILE]
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
@@ -34,6 +37,8 @@ interface Tool {
 
 const TOOLS: readonly Tool[] = [
   { name: 'blockmirror', binary: process.execPath, commands: (s, d) => [[process.execPath, CLI, 'copy', '--no-progress', s, d]] },
+  // A live mirror with no writer, switched over once in sync: its first pass is the copy's engine.
+  { name: 'mirror', binary: process.execPath, commands: (s, d) => [[process.execPath, CLI, 'mirror', '--complete-on-ready', '--no-progress', s, d]] },
   { name: 'nbdcopy', binary: 'nbdcopy', commands: (s, d) => [['nbdcopy', '--flush', s, d]] },
   {
     name: 'qemu-img',

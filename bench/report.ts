@@ -45,7 +45,9 @@ export interface SummaryRow {
 
 const GiB = 2 ** 30;
 /** The tools bench:copy runs unless told otherwise, in its order. */
-const COPY_TOOLS = ['blockmirror', 'nbdcopy', 'qemu-img', 'cp', 'dd'] as const;
+const COPY_TOOLS = ['blockmirror', 'mirror', 'nbdcopy', 'qemu-img', 'cp', 'dd'] as const;
+/** bench:copy's `mirror` (`blockmirror mirror --complete-on-ready`) is set against these two. */
+const MIRROR_PEERS = ['blockmirror', 'nbdcopy'];
 const CACHE_ORDER = ['warm', 'cold'];
 
 /** 1073741824 → `1G`, 65536 → `64K`: the form bench commands take. */
@@ -107,29 +109,34 @@ export function copyCommand(report: CopyBenchReport, file: string): string {
   return args.join(' ');
 }
 
-/** Rows of a bench:copy report: blockmirror against every other tool, per image and cache. */
+/**
+ * Rows of a bench:copy report: blockmirror's copy against every other tool but the mirror, and
+ * the mirror with no writer against blockmirror's copy and nbdcopy, per image and cache.
+ */
 function copyRows(report: CopyBenchReport, file: string): SummaryRow[] {
   const rows: SummaryRow[] = [];
   const dates = datesOf(report, file);
   const machine = machineText(report.machine);
   const command = copyCommand(report, file);
-  for (const mine of report.results.filter((r) => r.tool === 'blockmirror')) {
+  for (const mine of report.results.filter((r) => r.tool === 'blockmirror' || r.tool === 'mirror')) {
+    const mirror = mine.tool === 'mirror';
     for (const peer of report.results) {
-      if (peer.tool === 'blockmirror' || peer.variant !== mine.variant || peer.cache !== mine.cache) continue;
+      if (peer.variant !== mine.variant || peer.cache !== mine.cache) continue;
+      if (mirror ? !MIRROR_PEERS.includes(peer.tool) : peer.tool === 'blockmirror' || peer.tool === 'mirror') continue;
       const peerIndex = (COPY_TOOLS as readonly string[]).indexOf(peer.tool);
       rows.push({
-        benchmark: 'bulk copy',
+        benchmark: mirror ? 'live mirror, no writer, until switched over' : 'bulk copy',
         image: copyImageText(mine),
         // sparse64 is never warmed (that would fill the cache with 64 GiB of zeros).
         cache: mine.variant === 'sparse64' && mine.cache === 'warm' ? 'not dropped' : mine.cache,
-        peer: peer.tool,
+        peer: mirror && peer.tool === 'blockmirror' ? 'blockmirror copy' : peer.tool,
         blockmirror: mine.median,
         peerMedian: peer.median,
         cpuRatio: peer.cpuMedian > 0 ? mine.cpuMedian / peer.cpuMedian : undefined,
         ...dates,
         machine,
         command,
-        order: [0, mine.size, indexOr(VARIANT_ORDER, mine.variant), indexOr(CACHE_ORDER, mine.cache), peerIndex < 0 ? 99 : peerIndex],
+        order: [mirror ? 1 : 0, mine.size, indexOr(VARIANT_ORDER, mine.variant), indexOr(CACHE_ORDER, mine.cache), peerIndex < 0 ? 99 : peerIndex],
       });
     }
   }

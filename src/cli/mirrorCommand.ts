@@ -3,15 +3,13 @@ import { describePlan } from '../sched/IoPlanChooser.js';
 import { ErrorCode, InvalidArgumentError } from '../errors.js';
 import { readBitmapHeader } from '../bitmap/BitmapFile.js';
 import type { BlockDevice } from '../io/BlockDevice.js';
-import { serveNbd, type NbdServer } from '../io/nbd/NbdServer.js';
+import type { NbdServer } from '../io/nbd/NbdServer.js';
 import { parseNbdUri } from '../io/nbd/NbdUri.js';
 import { ERROR_POLICIES, type ErrorPolicy } from '../job/errorPolicy.js';
 import { JobStatus } from '../job/JobStatus.js';
 import type { JobErrorEvent, JobOutcome, MirrorJob } from '../job/MirrorJob.js';
 import type { FirstPassSummary } from '../job/MirrorFirstPass.js';
 import { startMirror } from '../job/startMirror.js';
-import { resumeMirror } from '../job/resumeMirror.js';
-import { recoverJobState } from '../state/recoverJobState.js';
 import type { JobStateRecord } from '../state/JobStateFile.js';
 import { DEFAULT_CHECKPOINT_INTERVAL_MS } from '../state/Checkpointer.js';
 import type { CopyMode } from '../job/TrackedDevice.js';
@@ -282,6 +280,7 @@ function usage(message: string): InvalidArgumentError {
 
 /** What a resumed job starts from, said before it starts. */
 async function resumePoint(dir: string, report: MirrorReport): Promise<{ source: string; target: string; completing: boolean }> {
+  const { recoverJobState } = await import('../state/recoverJobState.js');
   const recovered = await recoverJobState(dir);
   const { state } = recovered;
   const name = (l: JobStateRecord['source']): string => (typeof l === 'string' ? l : JSON.stringify(l));
@@ -334,13 +333,14 @@ async function runMirror(givenSource: string | undefined, givenTarget: string | 
     };
     const job =
       opts.resume !== undefined
-        ? await resumeMirror({ state: opts.resume, source: givenSource, target: givenTarget, direct: opts.direct, ...withoutSyncOptions(tuning) })
+        ? await (await import('../job/resumeMirror.js')).resumeMirror({ state: opts.resume, source: givenSource, target: givenTarget, direct: opts.direct, ...withoutSyncOptions(tuning) })
         : await startMirror({ source, target, direct: opts.direct, state: opts.state, ...tuning });
     run.attach(job);
     const view = job.device.asBlockDevice();
     let exported: { server: NbdServer; uri: string } | undefined;
     try {
-      if (opts.export !== undefined) exported = await serveNbd(view, opts.export, { description: view.description });
+      // The NBD server, a resume's recovery: loaded only by the runs that use them (start-up time).
+      if (opts.export !== undefined) exported = await (await import('../io/nbd/NbdServer.js')).serveNbd(view, opts.export, { description: view.description });
     } catch (err) {
       await job.cancel({ force: true });
       await job.close();

@@ -5,7 +5,8 @@ import type { BlockDevice, DeviceSpec } from '../io/BlockDevice.js';
 import { checkLocationOrSpec, deviceSpecFor, describeValue } from '../io/location.js';
 import { openDevice } from '../io/openDevice.js';
 import { checkTargetSize, prepareTarget } from '../io/prepareTarget.js';
-import { createCopyRunner } from '../workers/createCopyRunner.js';
+import { createCopyRunner, type CopyRunner } from '../workers/createCopyRunner.js';
+import { EagerCopyPool } from '../workers/EagerCopyPool.js';
 import { DEFAULT_BUFFER_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_FLUSH_EVERY, TASKS_PER_WORKER, defaultWorkers } from '../sched/tuning.js';
 import { ioModeCandidates } from './ioModeCandidates.js';
 import type { FirstPassPlan } from './MirrorFirstPass.js';
@@ -19,8 +20,8 @@ import { TrackedDevice, type CopyMode, type UnsafeTestHooks } from './TrackedDev
 import { WriterGate } from './WriterGate.js';
 import { resolve } from 'node:path';
 import { isNbdUri } from '../io/nbd/NbdUri.js';
-import { JobStateStore } from '../state/JobStateStore.js';
-import { readJobState } from '../state/JobStateFile.js';
+// The state directory's modules are loaded only by jobs that keep one (start-up time).
+import type { JobStateStore } from '../state/JobStateStore.js';
 
 export { DEFAULT_BUFFER_SIZE };
 /** The tuner's largest chunk. */
@@ -198,7 +199,7 @@ async function startBitmap(o: MirrorOptions, size: number, granularity: number):
 async function refuseExistingState(dir: string): Promise<void> {
   let existing;
   try {
-    existing = await readJobState(dir);
+    existing = await (await import('../state/JobStateFile.js')).readJobState(dir);
   } catch (err) {
     if (err instanceof StateError && err.code === ErrorCode.STATE_MISSING) return;
     throw err;
@@ -257,6 +258,14 @@ export async function startMirrorAt(options: MirrorOptions, resume: ResumePoint 
   const targetLocation = checkLocationOrSpec(options.target, 'target');
   const sourceSpec =
     typeof sourceLocation === 'string' ? deviceSpecFor(sourceLocation, { role: 'source', writable: true, direct: options.direct }) : sourceLocation;
+  const targetSpec =
+    typeof targetLocation === 'string' ? deviceSpecFor(targetLocation, { role: 'target', writable: true, direct: options.direct }) : targetLocation;
+  const bulk = firstPassEligible(options, sourceSpec, targetSpec, tuning);
+  // A first pass's streams each run as one task: every worker must run its share of them at once.
+  const tasksPerWorker = bulk ? Math.max(TASKS_PER_WORKER, Math.ceil(tuning.queueDepth / tuning.workers)) : TASKS_PER_WORKER;
+  // Started before the devices are opened, as a bulk copy's: the threads boot meanwhile, and until
+  // they are up the coordinator copies (see EagerCopyPool).
+  let runner: CopyRunner | undefined = bulk ? new EagerCopyPool({ workers: tuning.workers, tasksPerWorker }, { source: sourceSpec, target: targetSpec }) : undefined;
   const opened: BlockDevice[] = [];
   let state: JobStateStore | undefined;
   try {
@@ -264,8 +273,6 @@ export async function startMirrorAt(options: MirrorOptions, resume: ResumePoint 
     if (resume && source.size !== resume.size) {
       throw new StateError(ErrorCode.STATE_MISMATCH, `${source.description} is now ${source.size} bytes; the state of ${options.state} is for a ${resume.size}-byte image`);
     }
-    const targetSpec =
-      typeof targetLocation === 'string' ? deviceSpecFor(targetLocation, { role: 'target', writable: true, direct: options.direct }) : targetLocation;
     const created = options.targetDevice ? false : (await prepareTarget(targetSpec, sourceSpec, source.size)).created;
     const target = options.targetDevice ?? (await openOwned(targetSpec, opened));
     checkTargetSize(target.description, target.size, source.size);
@@ -280,7 +287,7 @@ export async function startMirrorAt(options: MirrorOptions, resume: ResumePoint 
     state =
       options.state === undefined
         ? undefined
-        : await JobStateStore.open({
+        : await (await import('../state/JobStateStore.js')).JobStateStore.open({
             dir: options.state,
             id,
             source: storedLocation(sourceLocation),
@@ -307,10 +314,8 @@ export async function startMirrorAt(options: MirrorOptions, resume: ResumePoint 
         onWriteLatency: (micros) => job?.recordAppLatency(micros),
       },
     });
-    const bulk = firstPassEligible(options, sourceSpec, targetSpec, tuning);
-    // A first pass's streams each run as one task: every worker must run its share of them at once.
-    const tasksPerWorker = bulk && tuning.workers > 0 ? Math.max(TASKS_PER_WORKER, Math.ceil(tuning.queueDepth / tuning.workers)) : TASKS_PER_WORKER;
-    const { runner, plan } = createCopyRunner(source, target, sourceSpec, { workers: tuning.workers, tasksPerWorker });
+    const { runner: copyRunner, plan } = createCopyRunner(source, target, sourceSpec, { workers: tuning.workers, tasksPerWorker, pool: runner });
+    runner = copyRunner;
     const chunkSize = Math.min(tuning.chunkSize, source.maxRequest, target.maxRequest);
     const firstPass: FirstPassPlan | undefined =
       bulk && !plan.inline
@@ -325,7 +330,7 @@ export async function startMirrorAt(options: MirrorOptions, resume: ResumePoint 
           }
         : undefined;
     const copier = new MirrorCopier({
-      runner,
+      runner: copyRunner,
       source: sourceSpec,
       target: targetSpec,
       bitmap,
@@ -379,6 +384,7 @@ export async function startMirrorAt(options: MirrorOptions, resume: ResumePoint 
     job.start();
     return job;
   } catch (err) {
+    await runner?.close();
     if (state) {
       await state.setPhase('stopped', false).catch(() => undefined);
       await state.close().catch(() => undefined);

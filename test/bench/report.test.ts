@@ -71,10 +71,20 @@ describe('bench:report', () => {
     expect(copyCommand(sparse64, 'bench/results/copy-sparse64-2026-12-01.json')).toBe(
       'npm run bench:copy -- --runs 3 --cache warm,cold --variants sparse64 --tools blockmirror,nbdcopy,qemu-img,cp --json bench/results/copy-sparse64-2026-12-01.json',
     );
-    const all = copyReport('2026-12-01', ['blockmirror', 'nbdcopy', 'qemu-img', 'cp', 'dd'].map((t) => result(t, 'random', 'warm', 1, 1, 4 * GiB)), 4 * GiB);
+    const all = copyReport('2026-12-01', ['blockmirror', 'mirror', 'nbdcopy', 'qemu-img', 'cp', 'dd'].map((t) => result(t, 'random', 'warm', 1, 1, 4 * GiB)), 4 * GiB);
     expect(copyCommand(all, 'x.json')).toBe('npm run bench:copy -- --size 4G --runs 5 --cache warm --variants random --json x.json');
     const sparse = rowsFromReport(sparse64, 'x.json');
     expect(new Set(sparse.map((r) => r.cache))).toEqual(new Set(['not dropped', 'cold']));
+  });
+
+  it('sets the mirror with no writer against blockmirror\'s copy and nbdcopy, and leaves it out of the copy\'s peers', () => {
+    const report = copyReport('2026-12-01', [result('blockmirror', 'random', 'warm', 2, 1), result('mirror', 'random', 'warm', 2.2, 1), result('nbdcopy', 'random', 'warm', 2, 1)], GiB);
+    const rows = rowsFromReport(report, 'x.json').map((r) => [r.benchmark, r.peer, r.blockmirror, r.peerMedian]);
+    expect(rows).toEqual([
+      ['bulk copy', 'nbdcopy', 2, 2],
+      ['live mirror, no writer, until switched over', 'blockmirror copy', 2.2, 2],
+      ['live mirror, no writer, until switched over', 'nbdcopy', 2.2, 2],
+    ]);
   });
 
   it('reads a bench:qmp report with writer profiles as one row per image size and writer', () => {
