@@ -54,6 +54,8 @@ export { DEFAULT_REPLICA_GRANULARITY, MAX_REPLICA_GRANULARITY, MIN_REPLICA_GRANU
 export { DEFAULT_QMP_CLIENT_TIMEOUT_MS, QmpClient, QmpReplyError } from './control/qmp/QmpClient.js';
 export { MirrorJob } from './job/MirrorJob.js';
 export type { JobErrorEvent, JobOutcome, MirrorJobEvents, MirrorProgress } from './job/MirrorJob.js';
+/** How a mirror's first pass on the bulk copy's engine copied: {@link MirrorJob.firstPass}. */
+export type { FirstPassSummary } from './job/MirrorFirstPass.js';
 export { TrackedDevice } from './job/TrackedDevice.js';
 export type { CopyMode } from './job/TrackedDevice.js';
 export { TrackedWriter } from './job/TrackedWriter.js';

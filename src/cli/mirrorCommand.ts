@@ -417,7 +417,7 @@ function finish(
     seconds: run.seconds,
     len: outcome.len,
     offset: outcome.offset,
-    firstPass: firstPass ?? null,
+    firstPass: firstPass ? { ...firstPass, endedBy: firstPass.endedBy ?? null } : null,
     ...(failure ? { code: errorCode(failure) ?? null, message: failure.message } : {}),
     ...(code === ExitCode.INTERRUPTED ? { code: ErrorCode.ABORTED, message: `interrupted before the mirror was in sync: ${target} is not a consistent copy` } : {}),
   });

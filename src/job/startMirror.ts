@@ -81,7 +81,7 @@ export interface MirrorOptions {
   readonly direct?: boolean;
   /** Let the tuner move chunk size and depth (default true); false keeps `chunkSize` and `bufferSize` as given. */
   readonly adaptive?: boolean;
-  /** The application's write p99 to keep under, in ms (default: twice its p99 measured before the copy ramps up). */
+  /** The application's write p99 to keep under, in ms (default: twice its p99 measured in short probes once it writes). */
   readonly latencyTarget?: number;
   /**
    * When the writer outpaces the copier: `write-blocking` (switch to it, so the backlog can only

@@ -52,11 +52,20 @@ describe('blockmirror mirror', () => {
     expect(await hashFile(dst)).toBe(await hashFile(src));
   });
 
+  it('--json: the done event says how the first pass copied, and that nothing ended it early', async () => {
+    const { src, dst } = await images(16 * MiB);
+    const run = await runCli(['mirror', src, dst, '--complete-on-ready', '--json']);
+    expect(run.code, run.stderr).toBe(0);
+    const done = events(run.stdout).at(-1)!;
+    expect(done).toMatchObject({ event: 'done', firstPass: { bytesCopied: 16 * MiB, endedBy: null, io: { plan: { read: expect.any(String), write: expect.any(String) } } } });
+    expect(await hashFile(dst)).toBe(await hashFile(src));
+  });
+
   it('prints a summary without --json', async () => {
     const { src, dst } = await images(2 * MiB);
     const run = await runCli(['mirror', src, dst, '--complete-on-ready']);
     expect(run.code, run.stderr).toBe(0);
-    expect(run.stdout).toMatch(/^completed \(pivoted\): .*dst\.img is a full copy of .*src\.img \(2\.00 MiB copied in .*\)\n$/);
+    expect(run.stdout).toMatch(/^completed \(pivoted\): .*dst\.img is a full copy of .*src\.img \(2\.00 MiB copied in .*; first pass: .* reads, .* writes, \w+\)\n$/);
     expect(await hashFile(dst)).toBe(await hashFile(src));
   });
 

@@ -140,12 +140,14 @@ export async function runKills(o: KillRunOptions): Promise<KillRunResult> {
     for (let k = 0; k < perEpisode && kills.length < o.kills; k++) {
       await proc.event('start');
       const aims = o.aims ?? AIMS;
-      const aim = aims[Math.floor(random() * aims.length)]!;
+      const drawn = aims[Math.floor(random() * aims.length)]!;
+      // Only a new job has a first pass; a resumed one copies what its state says is left.
+      const aim = drawn === 'first-pass' && k > 0 ? 'copying' : drawn;
       const writing = aim !== 'first-pass';
       if (writing) await writer.start(uri, 4);
       if (aim === 'first-pass') {
         // Once the pass has copied something, within a checkpoint or two.
-        await proc.event('progress', (e) => Number(e.offset) > 0);
+        await Promise.race([proc.event('progress', (e) => Number(e.offset) > 0), proc.event('ready')]);
         await sleep(random() * 2 * Number(interval));
       } else if (aim === 'copying') await sleep(random() * 100);
       else {
