@@ -115,7 +115,8 @@ export class BulkCopy {
     const report = (): void => options.onProgress?.(this.progress());
     const ticker = options.onProgress ? setInterval(report, options.progressInterval ?? DEFAULT_PROGRESS_INTERVAL_MS) : undefined;
     try {
-      for (let phase = chooser.next(); phase && !this.#stopped; phase = chooser.next()) {
+      let phase = chooser.next();
+      for (; phase && !this.#stopped; phase = chooser.next()) {
         const t0 = performance.now();
         const outcome = await this.#runPhase(phase, chooser.deadline(phase));
         if (this.#stopped) break;
@@ -123,7 +124,8 @@ export class BulkCopy {
       }
       await Promise.all(this.#pendingFlushes);
       if (this.#failure) throw this.#failure;
-      if (options.signal?.aborted) throw this.#progress.interrupted('copied', this.bytesDone, '; the target is incomplete');
+      // Stopped with a phase left to run (an abort that came once every byte was copied is too late to stop anything).
+      if (phase) throw this.#progress.interrupted('copied', this.bytesDone, '; the target is incomplete');
       await target.flush();
       report();
     } finally {

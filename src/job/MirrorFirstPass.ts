@@ -123,6 +123,7 @@ export class MirrorFirstPass {
     this.#started = performance.now();
     try {
       await this.#copy.run({ signal: this.#stop.signal });
+      this.#endedBy = undefined; // it reached the end: an end asked for during its final flush came too late to cut it short
     } catch (err) {
       this.#endedBy ??= `it failed: ${err instanceof Error ? err.message : String(err)}`;
     } finally {

@@ -5,6 +5,7 @@ import { RangeLocks } from '../../src/job/RangeLocks.js';
 import type { FailedExtent } from '../../src/job/MirrorCopier.js';
 import { UnflushedCopies } from '../../src/state/UnflushedCopies.js';
 import type { CopyTask, CopyTaskResult } from '../../src/workers/CopyTask.js';
+import type { BlockDevice } from '../../src/io/BlockDevice.js';
 import { MemoryDevice } from '../helpers/MemoryDevice.js';
 
 const KiB = 1024;
@@ -44,7 +45,7 @@ function success(task: CopyTask): CopyTaskResult {
   return { bytesWritten: bytes, bytesZero: 0, readMicros: new Float64Array(n).fill(10), writeMicros: new Float64Array(n).fill(10), failures: [] };
 }
 
-function setup() {
+function setup(target: BlockDevice = new MemoryDevice(SIZE)) {
   const bitmap = DirtyBitmap.create(SIZE, 4 * KiB);
   bitmap.markAll();
   const locks = new RangeLocks();
@@ -55,7 +56,7 @@ function setup() {
     sourceSpec: { kind: 'file', path: '/src', writable: true, role: 'source' },
     targetSpec: { kind: 'file', path: '/dst', writable: true, role: 'target' },
     source: new MemoryDevice(SIZE),
-    target: new MemoryDevice(SIZE),
+    target,
     runner,
     bitmap,
     locks,
@@ -123,6 +124,27 @@ describe('MirrorFirstPass', () => {
     const copied = runner.tasks.slice(1).reduce((n, t) => n + pairs(t.extents).reduce((m, [, l]) => m + l, 0), 0) + first![1];
     expect(bitmap.dirtyBytes()).toBe(SIZE - copied);
     expect(pass.summary).toMatchObject({ bytesCopied: copied, endedBy: 'the application wrote' });
+  });
+
+  it('has reached the end when it is ended during its final flush, every extent copied', async () => {
+    let flushStarted!: () => void;
+    const flushing = new Promise<void>((resolve) => (flushStarted = resolve));
+    let finishFlush!: () => void;
+    const target = new MemoryDevice(SIZE);
+    target.flush = () => {
+      flushStarted();
+      return new Promise<void>((resolve) => (finishFlush = resolve));
+    };
+    const { bitmap, runner, pass } = setup(target);
+    const run = pass.run();
+    await runner.first;
+    runner.settleFirst();
+    await flushing;
+    pass.end('the job stopped');
+    finishFlush();
+    await run;
+    expect(bitmap.count()).toBe(0);
+    expect(pass.summary).toMatchObject({ bytesCopied: SIZE, endedBy: undefined });
   });
 
   it('reports a failed extent, marks it dirty again, and ends', async () => {
