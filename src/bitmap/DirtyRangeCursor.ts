@@ -1,5 +1,5 @@
 import type { DirtyBitmap } from './DirtyBitmap.js';
-import { claimerFor, maxBitsFor, type RunClaimer } from './DirtyExtentCursor.js';
+import { claimerFor, maxBitsFor, type RunClaimer } from './RunClaimer.js';
 
 /**
  * Claims the dirty extents inside some byte ranges, each front to back, in order, once: a phase of

@@ -238,6 +238,7 @@ export class BulkCopy {
       }
     } finally {
       clearTimeout(timer);
+      await scheduler.drain(); // nothing of the phase may still be in flight once it is over
       this.pacedFlushes += pacer.flushes;
       this.#scheduler = undefined;
       this.#cancel = undefined;

@@ -1,9 +1,18 @@
 import type { DirtyBitmap } from '../bitmap/DirtyBitmap.js';
 import { DirtyExtentCursor } from '../bitmap/DirtyExtentCursor.js';
+import type { BatchOutcome } from '../sched/CopyScheduler.js';
 import type { ExtentSource } from '../sched/ExtentSource.js';
+import type { CopyFailure } from '../workers/CopyTask.js';
 import type { RangeLocks } from './RangeLocks.js';
 import type { UnsafeTestHooks } from './TrackedDevice.js';
 import type { CopyPeriod, UnflushedCopies } from '../state/UnflushedCopies.js';
+
+/** An extent whose copy failed; its bits are already marked dirty again. */
+export interface FailedExtent {
+  readonly offset: number;
+  readonly length: number;
+  readonly failure: CopyFailure;
+}
 
 /**
  * A mirror's work: dirty extents claimed from the bitmap (their bits cleared before the copy
@@ -60,6 +69,28 @@ export class GuardedDirtyExtents implements ExtentSource {
     }
     if (count > 0) this.#held.set(out, { releases, period: this.#unflushed?.claim(out.slice(start)) });
     return count;
+  }
+
+  /**
+   * Ends a finished batch: marks dirty again what it did not copy (the extents a stopped stream
+   * did not reach, and failures: invariant 2), then ends its holds. Returns the failures, and the
+   * bytes not copied.
+   */
+  finish({ extents, result }: BatchOutcome): { failed: FailedExtent[]; uncopiedBytes: number } {
+    let uncopiedBytes = 0;
+    for (let i = result.stoppedAt ?? extents.length / 2; i < extents.length / 2; i++) {
+      this.#bitmap.mark(extents[2 * i]!, extents[2 * i + 1]!);
+      uncopiedBytes += extents[2 * i + 1]!;
+    }
+    const failed = result.failures.map((failure): FailedExtent => {
+      const offset = extents[2 * failure.index]!;
+      const length = extents[2 * failure.index + 1]!;
+      this.#bitmap.mark(offset, length);
+      uncopiedBytes += length;
+      return { offset, length, failure };
+    });
+    this.release(extents);
+    return { failed, uncopiedBytes };
   }
 
   /** Ends the holds of a finished batch. */

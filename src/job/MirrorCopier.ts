@@ -5,8 +5,7 @@ import { RateLimiter } from '../sched/RateLimiter.js';
 import { batchExtentsFor } from '../sched/tuning.js';
 import { WritebackPacer } from '../sched/WritebackPacer.js';
 import type { CopyRunner } from '../workers/createCopyRunner.js';
-import type { CopyFailure } from '../workers/CopyTask.js';
-import { GuardedDirtyExtents } from './GuardedDirtyExtents.js';
+import { GuardedDirtyExtents, type FailedExtent } from './GuardedDirtyExtents.js';
 import type { RangeLocks } from './RangeLocks.js';
 import type { UnsafeTestHooks } from './TrackedDevice.js';
 import type { UnflushedCopies } from '../state/UnflushedCopies.js';
@@ -15,12 +14,7 @@ import { MirrorFirstPass, type FirstPassPlan, type FirstPassSummary } from './Mi
 /** Once caught up, new writes are collected this long before they are copied, in coalesced batches. */
 const COALESCE_MS = 10;
 
-/** An extent whose copy failed; its bits are already marked dirty again. */
-export interface FailedExtent {
-  readonly offset: number;
-  readonly length: number;
-  readonly failure: CopyFailure;
-}
+export type { FailedExtent } from './GuardedDirtyExtents.js';
 
 export interface MirrorCopierOptions {
   /** Runs the copy tasks (the worker pool, or the coordinator's own devices for NBD). */
@@ -41,17 +35,17 @@ export interface MirrorCopierOptions {
   readonly flushTarget: () => Promise<void>;
   /** Bytes written between paced flushes (0: none). */
   readonly flushEvery: number;
-  /** Called after every batch (progress, tuning). */
-  readonly onBatch?: (outcome: BatchOutcome) => void;
   /** With a state directory: claimed ranges are kept here until the target has them durably. */
   readonly unflushed?: UnflushedCopies;
   /** A first pass on the bulk copy's engine, run before the copier's own loop (see MirrorFirstPass). */
   readonly firstPass?: FirstPassPlan;
+  /** A flush of the first pass failed (what it copied is marked dirty again). */
+  readonly onFlushError?: (err: unknown) => void;
 }
 
 /**
  * The copy half of a mirror job: drains the dirty bitmap through the worker pool, forever, until
- * stopped. It knows nothing of job states; the job asks it to pause, resume, and tell it when
+ * stopped, after a first pass on the bulk copy's engine where the job has one. It knows nothing of job states; the job asks it to pause, resume, and tell it when
  * nothing is dirty and nothing is in flight.
  */
 export class MirrorCopier {
@@ -67,6 +61,7 @@ export class MirrorCopier {
   readonly #pacer: WritebackPacer;
   #running: Promise<void> | undefined;
   readonly #firstPass: MirrorFirstPass | undefined;
+  #firstPassRunning = false;
   /** The first pass's run, once started (it never rejects). */
   #firstPassRun: Promise<void> | undefined;
   /** Callers waiting for the backlog (dirty and in flight) to fall to at most so many bytes. */
@@ -88,6 +83,7 @@ export class MirrorCopier {
           locks: options.locks,
           unflushed: options.unflushed,
           onFailures: options.onFailures,
+          onFlushError: (err) => options.onFlushError?.(err),
           onBatch: () => this.#checkBacklog(),
         })
       : undefined;
@@ -124,9 +120,12 @@ export class MirrorCopier {
     return this.#scheduler;
   }
 
-  /** Nothing dirty and nothing in flight. */
+  /**
+   * Nothing dirty and nothing in flight, and no first pass running: until its last flush has
+   * succeeded, what it copied may have to be marked dirty again.
+   */
   get clean(): boolean {
-    return this.#o.bitmap.count() === 0 && this.#scheduler.inFlightOperations === 0 && (this.#firstPass?.inFlightOperations ?? 0) === 0;
+    return this.#o.bitmap.count() === 0 && this.#scheduler.inFlightOperations === 0 && !this.#firstPassRunning;
   }
 
   start(): void {
@@ -134,8 +133,12 @@ export class MirrorCopier {
   }
 
   async #run(): Promise<void> {
-    this.#firstPassRun = this.#firstPass?.run();
-    await this.#firstPassRun;
+    if (this.#firstPass) {
+      this.#firstPassRunning = true;
+      this.#firstPassRun = this.#firstPass.run().finally(() => (this.#firstPassRunning = false));
+      await this.#firstPassRun;
+      this.#checkBacklog();
+    }
     await this.#scheduler.run(this.#extents);
   }
 
@@ -200,12 +203,12 @@ export class MirrorCopier {
     return this.whenBacklogAtMost(0);
   }
 
-  /** Bytes dirty or in flight. */
+  /** Bytes dirty or in flight (the first pass's too). */
   get backlogBytes(): number {
-    return this.#o.bitmap.dirtyBytes() + this.#scheduler.inFlightBytes;
+    return this.#o.bitmap.dirtyBytes() + this.inFlightBytes;
   }
 
-  /** Resolves the next time the backlog is at most `bytes` (0: clean) — at once if so now. */
+  /** Resolves the next time the backlog is at most `bytes` (0: clean), once any first pass has ended — at once if so now. */
   whenBacklogAtMost(bytes: number): Promise<void> {
     if (this.#backlogAtMost(bytes)) return Promise.resolve();
     return new Promise((resolve) => {
@@ -227,25 +230,16 @@ export class MirrorCopier {
   }
 
   #onBatch(outcome: BatchOutcome): void {
-    const { extents, result } = outcome;
-    const failed: FailedExtent[] = [];
-    let failedBytes = 0;
-    for (const failure of result.failures) {
-      const offset = extents[2 * failure.index]!;
-      const length = extents[2 * failure.index + 1]!;
-      this.#o.bitmap.mark(offset, length); // a failed copy sets the bits it cleared again
-      failed.push({ offset, length, failure });
-      failedBytes += length;
-    }
-    this.#extents.release(extents);
-    this.#bytesCopied += outcome.bytes - failedBytes;
-    this.#pacer.noteWritten(result.bytesWritten);
-    this.#o.onBatch?.(outcome);
+    const { failed, uncopiedBytes } = this.#extents.finish(outcome);
+    this.#bytesCopied += outcome.bytes - uncopiedBytes;
+    this.#pacer.noteWritten(outcome.result.bytesWritten);
     if (failed.length) this.#o.onFailures(failed);
     this.#checkBacklog();
   }
 
+  /** A running first pass holds every waiter: its last flush decides whether what it copied stays copied. */
   #backlogAtMost(bytes: number): boolean {
+    if (this.#firstPassRunning) return false;
     return bytes === 0 ? this.clean : this.backlogBytes <= bytes;
   }
 

@@ -2,6 +2,7 @@ import { performance } from 'node:perf_hooks';
 import type { DirtyBitmap } from '../bitmap/DirtyBitmap.js';
 import { DirtyRangeCursor } from '../bitmap/DirtyRangeCursor.js';
 import type { BlockDevice, DeviceSpec } from '../io/BlockDevice.js';
+import { DeviceWrapper } from '../io/DeviceWrapper.js';
 import type { BatchOutcome } from '../sched/CopyScheduler.js';
 import type { PhaseExtentSource } from '../sched/ExtentSource.js';
 import { IoPlanChooser, type IoPlanChoice } from '../sched/IoPlanChooser.js';
@@ -11,7 +12,7 @@ import type { UnflushedCopies } from '../state/UnflushedCopies.js';
 import { BulkCopy } from './BulkCopy.js';
 import { GuardedDirtyExtents } from './GuardedDirtyExtents.js';
 import { describeChoice, type IoModeCandidates } from './ioModeCandidates.js';
-import type { FailedExtent } from './MirrorCopier.js';
+import type { FailedExtent } from './GuardedDirtyExtents.js';
 import type { RangeLocks } from './RangeLocks.js';
 
 /** What a mirror's first pass did: how it copied, how much, and what ended it early, if anything did. */
@@ -29,6 +30,7 @@ export interface FirstPassPlan {
   /** The coordinator's devices: sizes, and the target's flushes. */
   readonly source: BlockDevice;
   readonly target: BlockDevice;
+  /** Its chunk size already within what both devices take in one request. */
   readonly tuning: CopyTuning;
   readonly modes: IoModeCandidates;
   /** The target was created for this job: nothing but this pass has written it. */
@@ -48,6 +50,8 @@ export interface MirrorFirstPassSettings extends FirstPassPlan {
   readonly unflushed: UnflushedCopies | undefined;
   /** Called with the failed extents of a batch (their bits are set again: invariant 2). */
   readonly onFailures: (failed: readonly FailedExtent[]) => void;
+  /** Called once if a flush of the target fails; everything is marked dirty again first. */
+  readonly onFlushError: (err: unknown) => void;
   /** Called after every batch (the copier checks its backlog waiters). */
   readonly onBatch: () => void;
 }
@@ -74,13 +78,12 @@ export class MirrorFirstPass {
   constructor(settings: MirrorFirstPassSettings) {
     const { source, tuning, modes, runner } = settings;
     this.#modes = modes;
-    const chunkSize = Math.min(tuning.chunkSize, settings.target.maxRequest, source.maxRequest);
-    this.#chooser = new IoPlanChooser({ size: source.size, alignment: chunkSize, warmupBytes: chunkSize * tuning.queueDepth, ...modes });
+    this.#chooser = new IoPlanChooser({ size: source.size, alignment: tuning.chunkSize, warmupBytes: tuning.chunkSize * tuning.queueDepth, ...modes });
     this.#copy = new BulkCopy({
       sourceSpec: settings.sourceSpec,
       targetSpec: settings.targetSpec,
       source,
-      target: settings.target,
+      target: new FlushWatch(settings.target, (err) => this.#flushFailed(settings, err)),
       tuning,
       // The mirror's copier goes on with the same workers.
       runner: { run: (task) => runner.run(task), close: async () => undefined },
@@ -131,11 +134,49 @@ export class MirrorFirstPass {
     }
   }
 
+  /**
+   * The pass flushes the job's own handle of the target, which reports a write-back error once:
+   * a failure it kept to itself would let the job's next flush succeed over lost writes. So the
+   * whole image is marked dirty again (what the pass copied since its last good flush is not known
+   * to be on the target), and the failure goes to the job's error policy.
+   */
+  #flushFailed(settings: MirrorFirstPassSettings, err: unknown): void {
+    this.#endedBy ??= `its flush of the target failed: ${err instanceof Error ? err.message : String(err)}`;
+    settings.bitmap.markAll();
+    settings.onFlushError(err);
+  }
+
   /** Hands over to the mirror's copier: the streams stop after the extent each is on. */
   end(reason: string): void {
     if (this.#endedBy !== undefined || this.#seconds !== undefined) return;
     this.#endedBy = reason;
     this.#stop.abort();
+  }
+}
+
+/**
+ * The target as the pass flushes it, calling `onFailure` once if a flush fails (before the
+ * failure goes on to the copy, which ends).
+ */
+class FlushWatch extends DeviceWrapper {
+  readonly #onFailure: (err: unknown) => void;
+  #failed = false;
+
+  constructor(inner: BlockDevice, onFailure: (err: unknown) => void) {
+    super(inner);
+    this.#onFailure = onFailure;
+  }
+
+  override async flush(): Promise<void> {
+    try {
+      await this.inner.flush();
+    } catch (err) {
+      if (!this.#failed) {
+        this.#failed = true;
+        this.#onFailure(err);
+      }
+      throw err;
+    }
   }
 }
 
@@ -171,16 +212,8 @@ class ClaimedRanges implements PhaseExtentSource {
     return this.#claims.take(out, maxExtents, maxBytes);
   }
 
-  finished({ extents, result }: BatchOutcome): void {
-    const { bitmap } = this.#s;
-    for (let i = result.stoppedAt ?? extents.length / 2; i < extents.length / 2; i++) bitmap.mark(extents[2 * i]!, extents[2 * i + 1]!);
-    const failed = result.failures.map((failure): FailedExtent => {
-      const offset = extents[2 * failure.index]!;
-      const length = extents[2 * failure.index + 1]!;
-      bitmap.mark(offset, length);
-      return { offset, length, failure };
-    });
-    this.#claims.release(extents);
+  finished(outcome: BatchOutcome): void {
+    const { failed } = this.#claims.finish(outcome);
     if (failed.length) this.#s.onFailures(failed);
     this.#s.onBatch();
   }

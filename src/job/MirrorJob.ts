@@ -449,8 +449,7 @@ export class MirrorJob extends EventEmitter<MirrorJobEvents> {
       await this.#p.target.flush();
       return true;
     } catch (err) {
-      const io = err instanceof IoError ? err : undefined;
-      this.#handleError('target', { operation: 'flush', errno: io?.errno ?? 'EIO', offset: undefined, length: undefined, message: String(err) });
+      this.handleTargetFlushError(err);
       return false;
     }
   }
@@ -496,10 +495,20 @@ export class MirrorJob extends EventEmitter<MirrorJobEvents> {
     };
   }
 
-  /** @internal The interceptor's write latencies, for the tuner; the first write also ends the first pass. */
+  /** @internal The interceptor's write latencies, for the tuner. */
   recordAppLatency(micros: number): void {
     this.#controller.appLatency.record(micros);
+  }
+
+  /** @internal An application write is starting: the first pass hands over to the copier. */
+  noteApplicationWrite(): void {
     this.#p.copier.endFirstPass('the application wrote');
+  }
+
+  /** @internal A flush of the target failed (the job's own, or the first pass's): the target's error policy decides. */
+  handleTargetFlushError(err: unknown): void {
+    const io = err instanceof IoError ? err : undefined;
+    this.#handleError('target', { operation: 'flush', errno: io?.errno ?? 'EIO', offset: undefined, length: undefined, message: String(err) });
   }
 
   /**

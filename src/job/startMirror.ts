@@ -312,6 +312,7 @@ export async function startMirrorAt(options: MirrorOptions, resume: ResumePoint 
         onDirtied: () => job?.notifyDirty(),
         onTargetWriteError: (err) => job?.handleTargetWriteError(err),
         onWriteLatency: (micros) => job?.recordAppLatency(micros),
+        onWriteStart: () => job?.noteApplicationWrite(),
       },
     });
     const { runner: copyRunner, plan } = createCopyRunner(source, target, sourceSpec, { workers: tuning.workers, tasksPerWorker, pool: runner });
@@ -324,7 +325,8 @@ export async function startMirrorAt(options: MirrorOptions, resume: ResumePoint 
             target,
             tuning: { chunkSize, queueDepth: tuning.queueDepth, workers: tuning.workers, speed: 0, flushEvery: DEFAULT_FLUSH_EVERY },
             modes: await ioModeCandidates(sourceSpec, targetSpec, { direct: options.direct }, { pooled: true, limited: false, size: source.size }),
-            // Nothing but the pass writes the target while it runs (it ends at the application's first write).
+            // Nothing but the pass writes the target while it runs: the application's first write
+            // ends it, and the mirror's copier starts only once its copies have finished.
             targetIsZero: created,
             largeRequests: options.chunkSize === undefined,
           }
@@ -343,6 +345,7 @@ export async function startMirrorAt(options: MirrorOptions, resume: ResumePoint 
       flushTarget: () => target.flush(),
       flushEvery: DEFAULT_FLUSH_EVERY,
       onFailures: (failed) => job?.handleCopyFailures(failed),
+      onFlushError: (err) => job?.handleTargetFlushError(err),
       unflushed: state?.unflushed,
       ...(firstPass ? { firstPass } : {}),
     });
@@ -384,7 +387,7 @@ export async function startMirrorAt(options: MirrorOptions, resume: ResumePoint 
     job.start();
     return job;
   } catch (err) {
-    await runner?.close();
+    await runner?.close().catch(() => undefined);
     if (state) {
       await state.setPhase('stopped', false).catch(() => undefined);
       await state.close().catch(() => undefined);

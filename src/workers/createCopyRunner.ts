@@ -25,6 +25,8 @@ export function createCopyRunner(
   { workers, tasksPerWorker = TASKS_PER_WORKER, pool }: { workers: number; tasksPerWorker?: number; pool?: CopyRunner },
 ): { runner: CopyRunner; plan: ConnectionPlan } {
   const plan: ConnectionPlan = workers === 0 ? { inline: true, note: 'copied by the coordinator thread (no worker threads asked for)' } : planConnections(source, target);
+  // A pool started for files the devices turned out not to be (an NBD export behind a file spec) is not used.
+  if (plan.inline) void pool?.close().catch(() => undefined);
   const runner = plan.inline
     ? new InlineCopyRunner(source, target, sourceSpec.kind === 'file' && sourceSpec.direct === true)
     : (pool ?? new WorkerPool<CopyTask, CopyTaskResult>('workers/copyWorker.js', { workers, tasksPerWorker }));

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { DirtyBitmap } from '../../src/index.js';
 import { MirrorFirstPass } from '../../src/job/MirrorFirstPass.js';
 import { RangeLocks } from '../../src/job/RangeLocks.js';
-import type { FailedExtent } from '../../src/job/MirrorCopier.js';
+import type { FailedExtent } from '../../src/job/GuardedDirtyExtents.js';
 import { UnflushedCopies } from '../../src/state/UnflushedCopies.js';
 import type { CopyTask, CopyTaskResult } from '../../src/workers/CopyTask.js';
 import type { BlockDevice } from '../../src/io/BlockDevice.js';
@@ -52,6 +52,7 @@ function setup(target: BlockDevice = new MemoryDevice(SIZE)) {
   const unflushed = new UnflushedCopies();
   const runner = new HeldRunner();
   const failures: FailedExtent[] = [];
+  const flushErrors: unknown[] = [];
   const pass = new MirrorFirstPass({
     sourceSpec: { kind: 'file', path: '/src', writable: true, role: 'source' },
     targetSpec: { kind: 'file', path: '/dst', writable: true, role: 'target' },
@@ -66,9 +67,10 @@ function setup(target: BlockDevice = new MemoryDevice(SIZE)) {
     targetIsZero: false,
     largeRequests: false,
     onFailures: (failed) => failures.push(...failed),
+    onFlushError: (err) => flushErrors.push(err),
     onBatch: () => {},
   });
-  return { bitmap, locks, unflushed, runner, failures, pass };
+  return { bitmap, locks, unflushed, runner, failures, flushErrors, pass };
 }
 
 /** The extents of a task as [offset, length] pairs. */
@@ -156,5 +158,18 @@ describe('MirrorFirstPass', () => {
     expect(failures).toEqual([{ offset, length, failure: { index: 0, operation: 'read', errno: 'EIO', message: 'read failed' } }]);
     expect(bitmap.allDirty(offset, length)).toBe(true);
     expect(pass.summary?.endedBy).toMatch(/^it failed: /);
+  });
+
+  it('marks the whole image dirty again and reports once when a flush of the target fails', async () => {
+    const target = new MemoryDevice(SIZE);
+    target.flush = () => Promise.reject(Object.assign(new Error('EIO: write-back failed'), { code: 'EIO' }));
+    const { bitmap, runner, flushErrors, pass } = setup(target);
+    const run = pass.run();
+    await runner.first;
+    runner.settleFirst();
+    await run;
+    expect(flushErrors).toHaveLength(1);
+    expect(bitmap.count()).toBe(bitmap.bitCount);
+    expect(pass.summary?.endedBy).toMatch(/^its flush of the target failed: /);
   });
 });

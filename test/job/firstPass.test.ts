@@ -3,6 +3,8 @@ import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { startMirror, type MirrorJob, type MirrorOptions } from '../../src/index.js';
+import { FaultPlan, FaultyDevice } from '../../src/io/FaultyDevice.js';
+import { FileDevice } from '../../src/io/FileDevice.js';
 import { hashFile } from '../../src/util/imageTools.js';
 import { seededRandom } from '../fixtures/prng.mjs';
 import { useScratchDir } from '../helpers/scratch.js';
@@ -92,6 +94,22 @@ describe('a full mirror\'s first pass', () => {
     job.tracker();
     await completeAndCompare(job, src, dst);
     expect(job.firstPass!.endedBy).toBe('writers on other threads joined');
+  });
+
+  it('sends a failed flush of its own to the target\'s error policy: with report, the job fails instead of going ready', async () => {
+    const { src, dst } = await setup(16 * MiB);
+    await writeFile(dst, Buffer.alloc(16 * MiB));
+    const plan = new FaultPlan();
+    plan.fail('flush', 'EIO', { count: 1 });
+    const target = new FaultyDevice(await FileDevice.open({ kind: 'file', path: dst, writable: true, role: 'target' }), plan);
+    const job = await mirror({ source: src, target: dst, targetDevice: target, onTargetError: 'report' });
+    const first = await Promise.race([job.result.then(() => 'concluded'), ready(job).then(() => 'ready')]);
+    expect(first).toBe('concluded');
+    expect((await job.result).status).toBe('failed');
+    expect(plan.failures('flush')).toBe(1);
+    expect(job.firstPass?.endedBy).toMatch(/^its flush of the target failed: /);
+    await job.close();
+    await target.close();
   });
 
   it('writes the zeros of the source over an existing target, which it does not assume zero', async () => {
