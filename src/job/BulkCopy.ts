@@ -40,6 +40,12 @@ export interface BulkCopySettings {
   readonly largeRequests?: boolean;
   /** The source is mostly holes and takes O_DIRECT: phases scan it for holes (see {@link HOLE_SCAN}). */
   readonly holeScan?: boolean;
+  /**
+   * Resolves once the workers are up (an EagerCopyPool's `up`). Until then the coordinator copies
+   * the warm-up itself, and the first trial waits for it: a trial run while threads boot would
+   * measure the boot (see docs/perf.md, "the mirror's first pass").
+   */
+  readonly workersUp?: Promise<void>;
   /** Where a phase's extents come from (default: its ranges as they are; a mirror claims dirty bits). */
   readonly phaseExtents?: (ranges: ReadonlyArray<readonly [number, number]>) => PhaseExtentSource;
   readonly started: number;
@@ -117,6 +123,7 @@ export class BulkCopy {
     try {
       let phase = chooser.next();
       for (; phase && !this.#stopped; phase = chooser.next()) {
+        if (phase.trial) await this.#s.workersUp;
         const t0 = performance.now();
         const outcome = await this.#runPhase(phase, chooser.deadline(phase));
         if (this.#stopped) break;

@@ -93,6 +93,7 @@ export class MirrorFirstPass {
       streams: true,
       largeRequests: settings.largeRequests,
       holeScan: modes.holeScan,
+      ...(runner.up ? { workersUp: runner.up } : {}),
       phaseExtents: (ranges) => new ClaimedRanges(settings, ranges),
       started: performance.now(),
     });

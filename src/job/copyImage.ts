@@ -144,6 +144,7 @@ export async function copyImage(first: string | CopyImageOptions, second?: strin
       streams,
       largeRequests: options.chunkSize === undefined,
       holeScan: modes.holeScan,
+      ...(runner.up ? { workersUp: runner.up } : {}),
       started,
     });
     await run.run(options);

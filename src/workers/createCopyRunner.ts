@@ -10,6 +10,8 @@ import { InlineCopyRunner } from './InlineCopyRunner.js';
 /** Runs copy tasks and is closed when the copy ends. */
 export interface CopyRunner extends TaskRunner {
   close(): Promise<void>;
+  /** Resolves once its worker threads are up, where it starts them while running tasks itself (EagerCopyPool). */
+  readonly up?: Promise<void>;
 }
 
 /**

@@ -172,4 +172,44 @@ describe('MirrorFirstPass', () => {
     expect(bitmap.count()).toBe(bitmap.bitCount);
     expect(pass.summary?.endedBy).toMatch(/^its flush of the target failed: /);
   });
+
+  it('copies only its warm-up until the workers are up, so that no trial measures their boot', async () => {
+    const size = 256 << 20;
+    const warmup = CHUNK * 2;
+    const tasks: CopyTask[] = [];
+    let up!: () => void;
+    const runner = {
+      up: new Promise<void>((resolve) => (up = resolve)),
+      run: async (task: CopyTask) => (tasks.push(task), success(task)),
+      close: async () => {},
+    };
+    const device = { size, maxRequest: 32 << 20, flush: async () => {} } as unknown as BlockDevice;
+    const bitmap = DirtyBitmap.create(size, 64 * KiB);
+    bitmap.markAll();
+    const pass = new MirrorFirstPass({
+      sourceSpec: { kind: 'file', path: '/src', writable: true, role: 'source' },
+      targetSpec: { kind: 'file', path: '/dst', writable: true, role: 'target' },
+      source: device,
+      target: device,
+      runner,
+      bitmap,
+      locks: new RangeLocks(),
+      unflushed: undefined,
+      tuning: { chunkSize: CHUNK, queueDepth: 2, workers: 1, speed: 0, flushEvery: 0 },
+      modes: { readModes: ['buffered'], writeModes: ['direct', 'buffered'] },
+      targetIsZero: false,
+      largeRequests: false,
+      onFailures: () => {},
+      onFlushError: () => {},
+      onBatch: () => {},
+    });
+    const run = pass.run();
+    await new Promise((resolve) => setTimeout(resolve, 30));
+    const copiedBeforeUp = tasks.flatMap((t) => pairs(t.extents));
+    expect(copiedBeforeUp.reduce((n, [, l]) => n + l, 0)).toBe(warmup);
+    up();
+    await run;
+    expect(bitmap.count()).toBe(0);
+    expect(pass.summary?.io.trials.length).toBeGreaterThan(1);
+  });
 });
