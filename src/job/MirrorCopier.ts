@@ -45,8 +45,9 @@ export interface MirrorCopierOptions {
 
 /**
  * The copy half of a mirror job: drains the dirty bitmap through the worker pool, forever, until
- * stopped, after a first pass on the bulk copy's engine where the job has one. It knows nothing of job states; the job asks it to pause, resume, and tell it when
- * nothing is dirty and nothing is in flight.
+ * stopped, after a first pass on the bulk copy's engine where the job has one. It knows nothing
+ * of job states; the job asks it to pause, resume, and tell it when nothing is dirty and nothing
+ * is in flight.
  */
 export class MirrorCopier {
   #bytesCopied = 0;

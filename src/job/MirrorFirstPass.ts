@@ -10,9 +10,8 @@ import type { CopyTuning } from '../sched/tuning.js';
 import type { CopyRunner } from '../workers/createCopyRunner.js';
 import type { UnflushedCopies } from '../state/UnflushedCopies.js';
 import { BulkCopy } from './BulkCopy.js';
-import { GuardedDirtyExtents } from './GuardedDirtyExtents.js';
+import { GuardedDirtyExtents, type FailedExtent } from './GuardedDirtyExtents.js';
 import { describeChoice, type IoModeCandidates } from './ioModeCandidates.js';
-import type { FailedExtent } from './GuardedDirtyExtents.js';
 import type { RangeLocks } from './RangeLocks.js';
 
 /** What a mirror's first pass did: how it copied, how much, and what ended it early, if anything did. */
@@ -61,7 +60,7 @@ export interface MirrorFirstPassSettings extends FirstPassPlan {
  * (its measured I/O plan, large O_DIRECT requests, hole scan) over the image once, claiming each
  * extent from the dirty bitmap as the mirror's copier does (bits cleared before the copy reads,
  * copy locks held: invariants 2 and 3). It ends at the application's first write, a pause, a
- * speed limit or a copy-mode change: its streams stop after the extent each is on, whatever they
+ * speed limit, a copy-mode change or a failure: its streams stop after the extent each is on, whatever they
  * claimed and did not copy is marked dirty again, and the mirror's copier, which its controller
  * paces, copies everything still dirty. So nothing the pass leaves is lost, and nothing the
  * application writes waits behind it for long.
