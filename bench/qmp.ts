@@ -4,7 +4,7 @@
  * each daemon's own NBD export), alternating daemons within each round.
  *
  *   npm run bench:qmp -- [--sizes 512M,4G] [--writers none,3000,max] [--runs 3] [--fio-seconds 15]
- *                        [--daemons qemu-storage-daemon,blockmirror] [--dir DIR] [--json FILE]
+ *                        [--daemons qemu-storage-daemon,blockmirror,mirror-command] [--dir DIR] [--json FILE]
  *
  * Writer profiles: `none` (no writer: the job alone), a fixed rate in IOPS (fio --rate_iops), or
  * `max` (unthrottled). One round, per daemon: start it (--blockdev src, --nbd-server, --export
@@ -14,6 +14,11 @@
  * copied); quit. Daemons alternate within each round. Also one fio run per daemon with no job,
  * for the writer's baseline. Prints a table per image size and a table of blockmirror/QEMU
  * ratios of the medians: time to ready, bytes copied, writer IOPS and writer p99.
+ *
+ * `mirror-command` is `blockmirror mirror SRC DST --export URI --json`, the same job from the
+ * command line (its first pass included): its export exists once the job runs, so fio starts as
+ * the job does (not a second before); time to ready runs from its `start` event to its `ready`
+ * event; SIGUSR1 completes it. Its writer baseline is the blockmirror daemon's (the same NBD server).
  */
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -25,6 +30,7 @@ import { makeSampleImage } from '../src/util/imageTools.js';
 import { formatBytes, parseSize } from '../src/util/size.js';
 import { startDaemon, type DaemonBinary, type RunningDaemon } from '../test/helpers/daemon.js';
 import { QmpClient } from '../test/helpers/qmpClient.js';
+import { CliProcess } from './lib/mirrorCli.js';
 import { machineInfo } from './lib/machine.js';
 import { markdownTable, median } from './lib/stats.js';
 
@@ -36,7 +42,7 @@ const { values } = parseArgs({
     'fio-seconds': { type: 'string', default: '15' },
     dir: { type: 'string' },
     json: { type: 'string' },
-    daemons: { type: 'string', default: 'qemu-storage-daemon,blockmirror' },
+    daemons: { type: 'string', default: 'qemu-storage-daemon,blockmirror,mirror-command' },
   },
 });
 const sizes = values.sizes!.split(',').map((t) => parseSize(t, '--sizes'));
@@ -89,7 +95,9 @@ function fio(socket: string, size: number, seconds: number, iops: number): Promi
   });
 }
 
-const DAEMONS = values.daemons!.split(',') as DaemonBinary[];
+/** What is measured: a daemon driven over QMP, or `blockmirror mirror` from the command line. */
+type Contender = DaemonBinary | 'mirror-command';
+const DAEMONS = values.daemons!.split(',') as Contender[];
 
 async function start(binary: DaemonBinary): Promise<{ d: RunningDaemon; qmp: QmpClient; nbd: string }> {
   const nbd = join(dir, 'nbd.sock');
@@ -112,7 +120,7 @@ async function stop(s: { d: RunningDaemon; qmp: QmpClient }): Promise<void> {
 }
 
 interface RoundResult {
-  daemon: DaemonBinary;
+  daemon: Contender;
   size: number;
   writer: string;
   readySeconds: number;
@@ -123,7 +131,8 @@ interface RoundResult {
   p99us: number;
 }
 
-async function round(binary: DaemonBinary, size: number, profile: WriterProfile): Promise<RoundResult> {
+async function round(binary: Contender, size: number, profile: WriterProfile): Promise<RoundResult> {
+  if (binary === 'mirror-command') return commandRound(size, profile);
   const dst = join(dir, 'dst.img');
   await rm(dst, { force: true });
   await writeFile(dst, '');
@@ -149,6 +158,31 @@ async function round(binary: DaemonBinary, size: number, profile: WriterProfile)
   }
 }
 
+/** The same round through `blockmirror mirror --export` (see the header). */
+async function commandRound(size: number, profile: WriterProfile): Promise<RoundResult> {
+  const dst = join(dir, 'dst.img');
+  await rm(dst, { force: true });
+  const nbd = join(dir, 'nbd.sock');
+  const cli = new CliProcess(['mirror', join(dir, 'src.img'), dst, '--export', `nbd+unix:///src?socket=${nbd}`, '--json']);
+  try {
+    await cli.event('start');
+    const t0 = performance.now();
+    const writer = profile.kind === 'none' ? undefined : fio(nbd, size, fioSeconds, profile.kind === 'rate' ? profile.iops : 0);
+    await cli.event('ready');
+    const readySeconds = (performance.now() - t0) / 1000;
+    const w = (await writer) ?? { iops: Number.NaN, p99us: Number.NaN };
+    const t1 = performance.now();
+    cli.child.kill('SIGUSR1');
+    const done = await cli.event('completed');
+    const completeSeconds = (performance.now() - t1) / 1000;
+    return { daemon: 'mirror-command', size, writer: writerName(profile), readySeconds, copiedRatio: (done.offset as number) / size, completeSeconds, iops: w.iops, p99us: w.p99us };
+  } finally {
+    cli.child.kill('SIGINT'); // it serves the target until told to stop
+    await cli.exited;
+    await rm(nbd, { force: true });
+  }
+}
+
 async function baseline(binary: DaemonBinary, size: number, iops: number): Promise<FioResult> {
   const s = await start(binary);
   try {
@@ -159,7 +193,7 @@ async function baseline(binary: DaemonBinary, size: number, iops: number): Promi
 }
 
 async function main(): Promise<void> {
-  const daemons = DAEMONS.filter((b) => b === 'blockmirror' || hasBinary(b));
+  const daemons = DAEMONS.filter((b) => b === 'blockmirror' || b === 'mirror-command' || hasBinary(b));
   if (!daemons.includes('qemu-storage-daemon')) {
     console.error('qemu-storage-daemon is not installed (Debian: apt-get install qemu-system-common): running blockmirror only');
   }
@@ -173,7 +207,9 @@ async function main(): Promise<void> {
     console.error(`making a ${formatBytes(size)} source image (random data, a quarter holes) in ${dir}`);
     await makeSampleImage(join(dir, 'src.img'), { size, holeFraction: 0.25 });
     for (const profile of writers.filter((w) => w.kind !== 'none')) {
-      for (const b of daemons) {
+      // The command line's writer goes through the blockmirror daemon's NBD server code: its baseline.
+      const servers = [...new Set(daemons.map((b): DaemonBinary => (b === 'mirror-command' ? 'blockmirror' : b)))];
+      for (const b of servers) {
         const key = `${b} ${formatBytes(size)} ${writerName(profile)}`;
         baselines[key] = await baseline(b, size, profile.kind === 'rate' ? profile.iops : 0);
         console.error(`baseline ${key}: ${baselines[key]!.iops.toFixed(0)} IOPS, p99 ${baselines[key]!.p99us.toFixed(0)} µs`);
@@ -195,13 +231,13 @@ async function main(): Promise<void> {
     const rows: string[][] = [];
     for (const profile of writers) {
       const name = writerName(profile);
-      const medians = new Map<DaemonBinary, { ready: number; copied: number; iops: number; p99: number }>();
+      const medians = new Map<Contender, { ready: number; copied: number; iops: number; p99: number }>();
       for (const b of daemons) {
         const mine = results.filter((x) => x.daemon === b && x.size === size && x.writer === name);
         const med = (f: (x: RoundResult) => number): number => median(mine.map(f));
         const all = (f: (x: RoundResult) => number, digits: number): string => mine.map((x) => f(x).toFixed(digits)).join(' / ');
         medians.set(b, { ready: med((x) => x.readySeconds), copied: med((x) => x.copiedRatio), iops: med((x) => x.iops), p99: med((x) => x.p99us) });
-        const base = baselines[`${b} ${formatBytes(size)} ${name}`];
+        const base = baselines[`${b === 'mirror-command' ? 'blockmirror' : b} ${formatBytes(size)} ${name}`];
         rows.push([
           name,
           b,
@@ -213,11 +249,12 @@ async function main(): Promise<void> {
           base ? `${base.iops.toFixed(0)} / ${base.p99us.toFixed(0)} µs` : '-',
         ]);
       }
-      const mine = medians.get('blockmirror');
       const qemu = medians.get('qemu-storage-daemon');
-      if (mine && qemu) {
+      for (const contender of ['blockmirror', 'mirror-command'] as const) {
+        const mine = medians.get(contender);
+        if (!mine || !qemu) continue;
         const ratio = (a: number, b: number): string => (Number.isNaN(a) || Number.isNaN(b) ? '-' : (a / b).toFixed(2));
-        ratioRows.push([formatBytes(size), name, ratio(mine.ready, qemu.ready), ratio(mine.copied, qemu.copied), ratio(mine.iops, qemu.iops), ratio(mine.p99, qemu.p99)]);
+        ratioRows.push([contender === 'blockmirror' ? 'daemon' : 'mirror command', formatBytes(size), name, ratio(mine.ready, qemu.ready), ratio(mine.copied, qemu.copied), ratio(mine.iops, qemu.iops), ratio(mine.p99, qemu.p99)]);
       }
     }
     tables.push(
@@ -231,7 +268,7 @@ async function main(): Promise<void> {
   console.log(tables.join('\n\n'));
   if (ratioRows.length) {
     console.log('\nblockmirror / qemu-storage-daemon, medians (ready and p99: lower is better; IOPS: higher is better):\n');
-    console.log(markdownTable(['image', 'writer', 'time to ready', 'bytes copied', 'writer IOPS', 'writer p99'], ratioRows));
+    console.log(markdownTable(['blockmirror', 'image', 'writer', 'time to ready', 'bytes copied', 'writer IOPS', 'writer p99'], ratioRows));
   }
   const machine = machineInfo(dir);
   console.log(`\n${runs} rounds, fio ${fioSeconds} s per round; ${machine.cpu}, ${machine.cores} cores, ${machine.memoryGiB} GiB, ${machine.filesystem}, Node ${machine.node}`);

@@ -227,6 +227,8 @@ export class MirrorController {
       return;
     }
     const decision = this.#tuner.decide(window);
+    // The application is hurt: the first pass, which no tuner slows, hands over to the copier.
+    if (decision.reason === 'app-latency') this.#o.copier.endFirstPass("the application's writes were over the latency target");
     this.#stuck = decision.reason === 'app-latency' && this.#tuner.atFloor ? this.#stuck + 1 : 0;
     if (this.#stuck >= STUCK_WINDOWS && this.#stuckMayRemeasure) {
       return this.#remeasure(nowMs, window, this.#tuner.latencyTarget);
@@ -260,6 +262,7 @@ export class MirrorController {
   #beginBaseline(nowMs: number, stuckAt?: number): void {
     this.#remeasureDue = false;
     this.#baseline = { since: nowMs, writes: 0, p99s: [], ...(stuckAt === undefined ? {} : { stuckAt }) };
+    this.#o.copier.endFirstPass("the copy slowed down to measure the application's own latency");
     this.#apply(this.#o.initial.chunkSize, 1);
     this.#o.copier.setPace(BASELINE_PACE);
   }

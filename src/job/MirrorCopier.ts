@@ -195,7 +195,8 @@ export class MirrorCopier {
   #applyLimit(): void {
     const lowest = Math.min(this.#speed > 0 ? this.#speed : Number.POSITIVE_INFINITY, this.#pace ?? Number.POSITIVE_INFINITY);
     this.#limiter.setSpeed(Number.isFinite(lowest) ? Math.floor(lowest) : 0);
-    if (Number.isFinite(lowest)) this.endFirstPass('the copy rate was limited');
+    // The pass has no limit of its own: any limit hands over to the copier, which keeps to it.
+    if (Number.isFinite(lowest)) this.endFirstPass(this.limitedByUser ? 'a speed limit was set' : 'the controller paced the copy');
     this.#scheduler.notify();
   }
 

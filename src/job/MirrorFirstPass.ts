@@ -56,14 +56,15 @@ export interface MirrorFirstPassSettings extends FirstPassPlan {
 }
 
 /**
- * The first pass of a full mirror, while the application is not writing: the bulk copy's engine
- * (its measured I/O plan, large O_DIRECT requests, hole scan) over the image once, claiming each
+ * The first pass of a full mirror: the bulk copy's engine (its measured I/O plan, large O_DIRECT
+ * requests, hole scan) over the image once, at full speed as QEMU's copy starts, claiming each
  * extent from the dirty bitmap as the mirror's copier does (bits cleared before the copy reads,
- * copy locks held: invariants 2 and 3). It ends at the application's first write, a pause, a
- * speed limit, a copy-mode change or a failure: its streams stop after the extent each is on, whatever they
- * claimed and did not copy is marked dirty again, and the mirror's copier, which its controller
- * paces, copies everything still dirty. So nothing the pass leaves is lost, and nothing the
- * application writes waits behind it for long.
+ * copy locks held: invariants 2 and 3), so the application may write meanwhile. It ends when the
+ * copy is first slowed down (the controller's first probe or back-off, a speed limit), at a pause,
+ * a switch to write-blocking, a stop or a failure: its streams stop after the extent each is on,
+ * whatever they claimed and did not copy is marked dirty again, and the mirror's copier, which the
+ * controller paces, copies everything still dirty. So nothing the pass leaves is lost, and once
+ * the application needs the copy to slow down it waits for no more than the extents in flight.
  */
 export class MirrorFirstPass {
   readonly #copy: BulkCopy;

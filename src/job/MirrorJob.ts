@@ -207,8 +207,6 @@ export class MirrorJob extends EventEmitter<MirrorJobEvents> {
       throw new JobError(ErrorCode.JOB_STATE, `job ${this.id} keeps state on disk: its writes go through job.device, on this thread, where the activity log sees them`);
     }
     this.device.disallowClearingCovered();
-    // Their writes are not seen here as they happen, so the first pass cannot stop for them.
-    this.#p.copier.endFirstPass('writers on other threads joined');
     return {
       size: this.#p.size,
       source: this.#p.sourceSpec,
@@ -500,11 +498,6 @@ export class MirrorJob extends EventEmitter<MirrorJobEvents> {
     this.#controller.appLatency.record(micros);
   }
 
-  /** @internal An application write is starting: the first pass hands over to the copier. */
-  noteApplicationWrite(): void {
-    this.#p.copier.endFirstPass('the application wrote');
-  }
-
   /** @internal A flush of the target failed (the job's own, or the first pass's): the target's error policy decides. */
   handleTargetFlushError(err: unknown): void {
     const io = err instanceof IoError ? err : undefined;
@@ -513,8 +506,9 @@ export class MirrorJob extends EventEmitter<MirrorJobEvents> {
 
   /**
    * How the first pass copied, once it has ended: a full mirror between two files, in background
-   * mode and without a speed limit, starts on the bulk copy's engine (its measured I/O plan) while
-   * the application does not write. Undefined when there was none, or while it runs.
+   * mode and without a speed limit, starts on the bulk copy's engine (its measured I/O plan) at
+   * full speed, until the controller first slows the copy. Undefined when there was none, or while
+   * it runs.
    */
   get firstPass(): FirstPassSummary | undefined {
     return this.#p.copier.firstPass;

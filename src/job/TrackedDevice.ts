@@ -25,8 +25,6 @@ export interface TrackedDeviceListener {
   onTargetWriteError(err: IoError): void;
   /** An application write finished, taking `micros` (for latency histograms). */
   onWriteLatency?(micros: number): void;
-  /** An application write is starting (before it waits for anything). */
-  onWriteStart?(): void;
 }
 
 /**
@@ -182,7 +180,6 @@ export class TrackedDevice {
   ): Promise<void> {
     const { gate, journal } = this.#p;
     const started = performance.now();
-    this.#p.listener.onWriteStart?.();
     await gate.enter();
     try {
       if (!gate.tracking && !(journal && !gate.pivoted)) await op(this.#current);

@@ -312,7 +312,6 @@ export async function startMirrorAt(options: MirrorOptions, resume: ResumePoint 
         onDirtied: () => job?.notifyDirty(),
         onTargetWriteError: (err) => job?.handleTargetWriteError(err),
         onWriteLatency: (micros) => job?.recordAppLatency(micros),
-        onWriteStart: () => job?.noteApplicationWrite(),
       },
     });
     const { runner: copyRunner, plan } = createCopyRunner(source, target, sourceSpec, { workers: tuning.workers, tasksPerWorker, pool: runner });
@@ -325,8 +324,8 @@ export async function startMirrorAt(options: MirrorOptions, resume: ResumePoint 
             target,
             tuning: { chunkSize, queueDepth: tuning.queueDepth, workers: tuning.workers, speed: 0, flushEvery: DEFAULT_FLUSH_EVERY },
             modes: await ioModeCandidates(sourceSpec, targetSpec, { direct: options.direct }, { pooled: true, limited: false, size: source.size }),
-            // Nothing but the pass writes the target while it runs: the application's first write
-            // ends it, and the mirror's copier starts only once its copies have finished.
+            // Nothing but the pass writes the target while it runs: the application writes the
+            // source (background mode), and the mirror's copier starts only once the pass has ended.
             targetIsZero: created,
             largeRequests: options.chunkSize === undefined,
           }

@@ -41,9 +41,15 @@ class FakeJob implements ControlledJob {
 
 function fakeCopier() {
   const options = { chunkSize: MiB, queueDepth: 16, batchExtents: 4 };
-  return { scheduler: { options, takeRateLimited: () => false, takeDispatched: () => ({ extents: 0, bytes: 0 }) }, setPace: () => {}, limitedByUser: false } as unknown as MirrorCopier & {
-    scheduler: { options: typeof options };
+  const firstPassEnds: string[] = [];
+  const copier = {
+    scheduler: { options, takeRateLimited: () => false, takeDispatched: () => ({ extents: 0, bytes: 0 }) },
+    setPace: () => {},
+    limitedByUser: false,
+    firstPassEnds,
+    endFirstPass: (reason: string) => void firstPassEnds.push(reason),
   };
+  return copier as unknown as MirrorCopier & { scheduler: { options: typeof options }; firstPassEnds: string[] };
 }
 
 /** A controller over `job`; `latencyTargetMs` defaults to 5, and `undefined` given means "measure it". */
@@ -173,6 +179,26 @@ describe('MirrorController', () => {
     expect(paces).toContain(1 << 20); // crawled while measuring
     expect(c.latencyTargetMicros).toBeGreaterThanOrEqual(600 * 0.98);
     expect(c.latencyTargetMicros).toBeLessThanOrEqual(600 * 1.02);
+  });
+
+  it('lets a first pass run while nobody writes, and ends it at the first probe', () => {
+    const job = new FakeJob();
+    job.backlogBytes = 1e12;
+    const { c, copier } = measuringController(job);
+    for (let t = 0; t <= 1000; t += 100) c.tick(t);
+    expect(copier.firstPassEnds).toEqual([]);
+    tickWithLatency(c, 1100, 2700, 300);
+    expect(copier.firstPassEnds[0]).toMatch(/measure the application/);
+  });
+
+  it('ends a first pass as soon as the application is over a target it was given', () => {
+    const job = new FakeJob();
+    job.backlogBytes = 1e12;
+    const { c, copier } = controller(job, 'report', { latencyTargetMs: 1 });
+    tickWithLatency(c, 0, 300, 500);
+    expect(copier.firstPassEnds).toEqual([]);
+    tickWithLatency(c, 400, 500, 5000);
+    expect(copier.firstPassEnds[0]).toMatch(/over the latency target/);
   });
 
   it('without a given target, measures the application p99 before ramping up and aims at twice it', () => {
