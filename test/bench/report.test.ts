@@ -113,6 +113,30 @@ describe('bench:report', () => {
     expect(rows[0]!.command).toBe('npm run bench:qmp -- --sizes 512M,4G --writers none,3000 --runs 1 --fio-seconds 15 --json q.json');
   });
 
+  it('reads the mirror command of a bench:qmp report as rows of its own against QEMU', () => {
+    const rows = rowsFromReport(
+      {
+        kind: 'qmp',
+        date: '2026-12-01T10:00:00Z',
+        machine,
+        sizes: [4 * GiB],
+        writers: ['no writer'],
+        runs: 1,
+        fioSeconds: 10,
+        results: [
+          { daemon: 'blockmirror', size: 4 * GiB, writer: 'no writer', readySeconds: 3 },
+          { daemon: 'mirror-command', size: 4 * GiB, writer: 'no writer', readySeconds: 1 },
+          { daemon: 'qemu-storage-daemon', size: 4 * GiB, writer: 'no writer', readySeconds: 2 },
+        ],
+      },
+      'q.json',
+    );
+    expect(rows.map((r) => [r.benchmark, r.blockmirror, r.peerMedian])).toEqual([
+      ['live mirror over QMP, time to ready', 3, 2],
+      ['live mirror, blockmirror mirror --export, time to ready', 1, 2],
+    ]);
+  });
+
   it('reads a bench:verify report as one row per cache against qemu-img compare, and leaves out state and replication reports', () => {
     const rows = rowsFromReport(
       {
