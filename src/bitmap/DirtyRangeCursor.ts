@@ -17,12 +17,15 @@ export class DirtyRangeCursor {
   /** @internal See DirtyExtentCursor. */
   claimer: RunClaimer | undefined;
 
-  /** `ranges`: byte ranges; a granule a range only touches is claimed with it. */
+  /**
+   * `ranges`: byte ranges. A granule belongs to the range its first byte is in, so ranges that
+   * meet inside a granule (phases cut at a chunk smaller than the granularity) never both claim it.
+   */
   constructor(bitmap: DirtyBitmap, ranges: ReadonlyArray<readonly [number, number]>) {
     this.#bitmap = bitmap;
     const g = bitmap.granularity;
     this.#ranges = ranges
-      .map(([start, end]) => [Math.floor(start / g), Math.min(bitmap.bitCount, Math.ceil(end / g))] as const)
+      .map(([start, end]) => [Math.ceil(start / g), Math.min(bitmap.bitCount, Math.ceil(end / g))] as const)
       .filter(([first, end]) => end > first);
     this.#pos = this.#ranges[0]?.[0] ?? 0;
     this.#remainingBits = this.#ranges.reduce((n, [first, end]) => n + end - first, 0);

@@ -124,6 +124,7 @@ export class BulkCopy {
       let phase = chooser.next();
       for (; phase && !this.#stopped; phase = chooser.next()) {
         if (phase.trial) await this.#s.workersUp;
+        if (this.#stopped) break; // stopped while it waited
         const t0 = performance.now();
         const outcome = await this.#runPhase(phase, chooser.deadline(phase));
         if (this.#stopped) break;

@@ -1,5 +1,5 @@
 import { performance } from 'node:perf_hooks';
-import { ChunkTuner, type TunerLimits, type TunerWindow, type TuningDecision } from '../sched/ChunkTuner.js';
+import { ChunkTuner, MIN_SAMPLES, type TunerLimits, type TunerWindow, type TuningDecision } from '../sched/ChunkTuner.js';
 import { ConvergenceDetector, type ConvergenceState } from '../sched/ConvergenceDetector.js';
 import { LatencyWindow, type LatencyStats } from '../sched/LatencyWindow.js';
 import { batchExtentsFor } from '../sched/tuning.js';
@@ -155,6 +155,8 @@ export class MirrorController {
   #remeasureDue = false;
   /** Whether being stuck at the floor may start a measurement (until one finds the same target). */
   #stuckMayRemeasure: boolean;
+  /** A first pass ran at the last window (the window after it ends is still partly its). */
+  #passSeen = false;
 
   constructor(job: ControlledJob, options: MirrorControllerOptions) {
     this.#job = job;
@@ -226,9 +228,8 @@ export class MirrorController {
       this.#beginBaseline(nowMs);
       return;
     }
+    if (this.#passWindows(window)) return;
     const decision = this.#tuner.decide(window);
-    // The application is hurt: the first pass, which no tuner slows, hands over to the copier.
-    if (decision.reason === 'app-latency') this.#o.copier.endFirstPass("the application's writes were over the latency target");
     this.#stuck = decision.reason === 'app-latency' && this.#tuner.atFloor ? this.#stuck + 1 : 0;
     if (this.#stuck >= STUCK_WINDOWS && this.#stuckMayRemeasure) {
       return this.#remeasure(nowMs, window, this.#tuner.latencyTarget);
@@ -236,6 +237,23 @@ export class MirrorController {
     this.#apply(decision.chunkSize, decision.queueDepth);
     this.#o.copier.setPace(decision.pace);
     this.#job.onTuning(decision);
+  }
+
+  /**
+   * While a first pass runs, and for the window in which it ended, the tuner decides nothing: the
+   * bytes copied are the pass's (hole scans at tens of GB/s), and a best rate learned from them
+   * would set the copier's floor far above what it can do. The pass is only watched: the
+   * application over its target ends it (it has no pace to slow down to).
+   */
+  #passWindows(window: TunerWindow): boolean {
+    const running = this.#o.copier.firstPassRunning;
+    const skip = running || this.#passSeen;
+    this.#passSeen = running;
+    const target = this.#tuner.latencyTarget;
+    if (running && target !== undefined && window.app.count >= MIN_SAMPLES && window.app.p99 > target) {
+      this.#o.copier.endFirstPass("the application's writes were over the latency target");
+    }
+    return skip;
   }
 
   /**

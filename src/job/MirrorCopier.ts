@@ -143,6 +143,11 @@ export class MirrorCopier {
     await this.#scheduler.run(this.#extents);
   }
 
+  /** True while a first pass runs (its copies are not the copier's: the tuner leaves them out). */
+  get firstPassRunning(): boolean {
+    return this.#firstPassRunning;
+  }
+
   /** What the first pass did, once it has ended (undefined: there was none, or it still runs). */
   get firstPass(): FirstPassSummary | undefined {
     return this.#firstPass?.summary;

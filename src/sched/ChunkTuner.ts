@@ -82,7 +82,7 @@ const HEADROOM = 0.7;
 /** Windows to stay put when throughput is flat, before probing again. */
 const HOLD_WINDOWS = 5;
 /** Fewer application writes than this in a window say nothing about its p99. */
-const MIN_SAMPLES = 20;
+export const MIN_SAMPLES = 20;
 /**
  * The pace never drops below `minCopyShare` of the best throughput seen, nor below this: the
  * copy always makes progress (DRBD's resync controller has a minimum rate too, c-min-rate).

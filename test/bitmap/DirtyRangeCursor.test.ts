@@ -67,12 +67,21 @@ describe('DirtyRangeCursor', () => {
     ]);
   });
 
-  it('claims a granule its range only touches, and clips the last one to the image size', () => {
+  it('gives a granule to the range its first byte is in, so ranges meeting inside it never both claim it, and clips the last to the image size', () => {
     const size = 10 * G + 100;
     const bitmap = DirtyBitmap.create(size, G);
     bitmap.markAll();
-    const out = takeAll(new DirtyRangeCursor(bitmap, [[3 * G + 1, size]]));
-    expect(out).toEqual([3 * G, size - 3 * G]);
-    expect(bitmap.count()).toBe(3);
+    const first = takeAll(new DirtyRangeCursor(bitmap, [[0, 3 * G + G / 2]]));
+    const second = takeAll(new DirtyRangeCursor(bitmap, [[3 * G + G / 2, size]]));
+    expect(first).toEqual([0, 4 * G]);
+    expect(second).toEqual([4 * G, size - 4 * G]);
+    expect(bitmap.count()).toBe(0);
+  });
+
+  it('claims nothing for a range inside one granule that another range starts', () => {
+    const bitmap = DirtyBitmap.create(64 * G, G);
+    bitmap.markAll();
+    expect(takeAll(new DirtyRangeCursor(bitmap, [[G + 100, G + 200]]))).toEqual([]);
+    expect(bitmap.count()).toBe(64);
   });
 });

@@ -46,10 +46,11 @@ function fakeCopier() {
     scheduler: { options, takeRateLimited: () => false, takeDispatched: () => ({ extents: 0, bytes: 0 }) },
     setPace: () => {},
     limitedByUser: false,
+    firstPassRunning: false,
     firstPassEnds,
     endFirstPass: (reason: string) => void firstPassEnds.push(reason),
   };
-  return copier as unknown as MirrorCopier & { scheduler: { options: typeof options }; firstPassEnds: string[] };
+  return copier as unknown as MirrorCopier & { scheduler: { options: typeof options }; firstPassEnds: string[]; firstPassRunning: boolean };
 }
 
 /** A controller over `job`; `latencyTargetMs` defaults to 5, and `undefined` given means "measure it". */
@@ -195,10 +196,35 @@ describe('MirrorController', () => {
     const job = new FakeJob();
     job.backlogBytes = 1e12;
     const { c, copier } = controller(job, 'report', { latencyTargetMs: 1 });
+    copier.firstPassRunning = true;
     tickWithLatency(c, 0, 300, 500);
     expect(copier.firstPassEnds).toEqual([]);
     tickWithLatency(c, 400, 500, 5000);
     expect(copier.firstPassEnds[0]).toMatch(/over the latency target/);
+  });
+
+  it('learns no best rate from a first pass, so its floor after the handover is the copier\'s own', () => {
+    const job = new FakeJob();
+    job.backlogBytes = 1e12;
+    const copier = fakeCopier();
+    const paces: Array<number | undefined> = [];
+    copier.setPace = (pace: number | undefined) => void paces.push(pace);
+    const { c } = controller(job, 'report', { latencyTargetMs: 1, copier });
+    copier.firstPassRunning = true;
+    let t = 0;
+    for (; t < 1000; t += 100) {
+      job.copiedBytes += 2e9; // the pass scanning holes at 20 GB/s
+      c.tick(t);
+    }
+    copier.firstPassRunning = false;
+    for (; t < 6000; t += 100) {
+      job.copiedBytes += 4e7; // the copier at 400 MB/s, the application over its target
+      for (let i = 0; i < 20; i++) c.appLatency.record(5000);
+      c.tick(t);
+    }
+    const last = paces.at(-1);
+    expect(last).toBeDefined();
+    expect(last!).toBeLessThan(4e8);
   });
 
   it('without a given target, measures the application p99 before ramping up and aims at twice it', () => {

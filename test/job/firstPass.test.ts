@@ -5,7 +5,7 @@ import { describe, expect, it } from 'vitest';
 import { startMirror, type MirrorJob, type MirrorOptions } from '../../src/index.js';
 import { FaultPlan, FaultyDevice } from '../../src/io/FaultyDevice.js';
 import { FileDevice } from '../../src/io/FileDevice.js';
-import { hashFile } from '../../src/util/imageTools.js';
+import { hashFile, makeSampleImage } from '../../src/util/imageTools.js';
 import { seededRandom } from '../fixtures/prng.mjs';
 import { useScratchDir } from '../helpers/scratch.js';
 
@@ -46,6 +46,27 @@ describe('a full mirror\'s first pass', () => {
     expect(['buffered', 'direct']).toContain(pass.io.plan.read);
     expect(['buffered', 'direct']).toContain(pass.io.plan.write);
     expect(pass.io.reason.length).toBeGreaterThan(0);
+  });
+
+  it('measures its plans and scans holes under writes of data and zeros, and ends equal (an image large enough for trials)', async () => {
+    const dir = await scratch();
+    const src = join(dir, 'src.img');
+    const dst = join(dir, 'dst.img');
+    const size = 320 * MiB;
+    await makeSampleImage(src, { size, holeFraction: 0.75 });
+    const job = await mirror({ source: src, target: dst });
+    const random = seededRandom(7);
+    const lane = async (): Promise<void> => {
+      for (let i = 0; i < 60; i++) {
+        const length = (1 + Math.floor(random() * 64)) * 4 * KiB;
+        const offset = Math.floor(random() * ((size - length) / 4096)) * 4096;
+        await job.device.write(random() < 0.3 ? Buffer.alloc(length) : randomBytes(length), offset);
+      }
+    };
+    await Promise.all(Array.from({ length: 4 }, lane));
+    await completeAndCompare(job, src, dst);
+    expect(job.firstPass!.io.basis).toBe('measured');
+    expect(job.firstPass!.io.reason).toMatch(/holes found by O_DIRECT scans/);
   });
 
   it('goes on while the application writes, and the mirror\'s copier then carries what the writes dirtied behind it', async () => {
