@@ -76,6 +76,8 @@ const BASELINE_TRIGGER_WRITES = 10;
  * to a probe: docs/perf.md, "QMP daemon", second pass).
  */
 const FIRST_PROBE_AFTER_MS = 1000;
+/** A first pass with less than this many seconds of copying left finishes before the first probe. */
+const PASS_NEAR_END_SECONDS = 1;
 /** During a probe the copier crawls at this rate (bytes per second). */
 const BASELINE_PACE = 1 << 20;
 /** The default latency target is this multiple of the baseline p99. */
@@ -212,7 +214,7 @@ export class MirrorController {
     const b = this.#baseline;
     if (b === 'idle' && window.app.count >= BASELINE_TRIGGER_WRITES) {
       this.#appSince ??= nowMs;
-      if (nowMs - this.#appSince >= FIRST_PROBE_AFTER_MS) {
+      if (nowMs - this.#appSince >= FIRST_PROBE_AFTER_MS && !this.#passNearlyDone(window)) {
         this.#beginBaseline(nowMs); // the application has been writing for a while: learn what it costs it
         return;
       }
@@ -237,6 +239,17 @@ export class MirrorController {
     this.#apply(decision.chunkSize, decision.queueDepth);
     this.#o.copier.setPace(decision.pace);
     this.#job.onTuning(decision);
+  }
+
+  /**
+   * A first pass that would copy what is left within {@link PASS_NEAR_END_SECONDS} at its rate of
+   * the last window is let finish before the first probe: a probe ends it and crawls, and the job
+   * is in sync sooner without one (as a job in sync within the first second never probes).
+   */
+  #passNearlyDone(window: TunerWindow): boolean {
+    if (!this.#o.copier.firstPassRunning || !(window.seconds > 0)) return false;
+    const rate = window.bytesCopied / window.seconds;
+    return rate > 0 && window.backlogBytes < rate * PASS_NEAR_END_SECONDS;
   }
 
   /**
