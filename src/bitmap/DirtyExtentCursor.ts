@@ -1,6 +1,6 @@
 import type { ExtentSource } from '../sched/ExtentSource.js';
 import type { DirtyBitmap } from './DirtyBitmap.js';
-import { claimerFor, maxBitsFor, type RunClaimer } from './RunClaimer.js';
+import { maxBitsFor, RunClaimer } from './RunClaimer.js';
 
 /**
  * Drains a live dirty bitmap for the copier: the scheduler's {@link ExtentSource} for a mirror.
@@ -16,8 +16,7 @@ export class DirtyExtentCursor implements ExtentSource {
   readonly exhausted = false as const;
   readonly #bitmap: DirtyBitmap;
   #position = 0;
-  /** @internal Reused while the extent limit stays the same, so that take allocates nothing. */
-  claimer: RunClaimer | undefined;
+  #claimer: RunClaimer | undefined;
 
   constructor(bitmap: DirtyBitmap) {
     this.#bitmap = bitmap;
@@ -39,7 +38,7 @@ export class DirtyExtentCursor implements ExtentSource {
     const bits = bitmap.bitCount;
     const maxBits = maxBitsFor(bitmap, maxBytes);
     if (maxExtents <= 0 || bits === 0) return 0;
-    const claim = claimerFor(this, bitmap, maxBits);
+    const claim = (this.#claimer = RunClaimer.reuse(this.#claimer, bitmap, maxBits));
     // One lap: from the start position to the end, then from bit 0 back up to it.
     const startedAt = this.#position;
     let limit = bits;

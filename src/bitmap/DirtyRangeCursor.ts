@@ -1,5 +1,5 @@
 import type { DirtyBitmap } from './DirtyBitmap.js';
-import { claimerFor, maxBitsFor, type RunClaimer } from './RunClaimer.js';
+import { maxBitsFor, RunClaimer } from './RunClaimer.js';
 
 /**
  * Claims the dirty extents inside some byte ranges, each front to back, in order, once: a phase of
@@ -14,8 +14,7 @@ export class DirtyRangeCursor {
   #index = 0;
   #pos: number;
   #remainingBits: number;
-  /** @internal See DirtyExtentCursor. */
-  claimer: RunClaimer | undefined;
+  #claimer: RunClaimer | undefined;
 
   /**
    * `ranges`: byte ranges. A granule belongs to the range its first byte is in, so ranges that
@@ -57,7 +56,7 @@ export class DirtyRangeCursor {
    * one), appending `offset, length` pairs to `out`; returns how many it appended.
    */
   take(out: number[], maxExtents: number, maxBytes: number): number {
-    const claim = claimerFor(this, this.#bitmap, maxBitsFor(this.#bitmap, maxBytes));
+    const claim = (this.#claimer = RunClaimer.reuse(this.#claimer, this.#bitmap, maxBitsFor(this.#bitmap, maxBytes)));
     let n = 0;
     while (n < maxExtents && this.#index < this.#ranges.length) {
       const end = this.#ranges[this.#index]![1];

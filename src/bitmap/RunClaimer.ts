@@ -8,12 +8,6 @@ export function maxBitsFor(bitmap: DirtyBitmap, maxBytes: number): number {
   return Math.max(1, Math.min(bitmap.bitCount, Math.floor(maxBytes / bitmap.granularity)));
 }
 
-/** `holder`'s claimer for `maxBits`, made anew only when the limit changes. */
-export function claimerFor(holder: { claimer: RunClaimer | undefined }, bitmap: DirtyBitmap, maxBits: number): RunClaimer {
-  if (holder.claimer?.maxBits !== maxBits) holder.claimer = new RunClaimer(bitmap, maxBits);
-  return holder.claimer;
-}
-
 /** Claims dirty runs one at a time: the step both cursors (DirtyExtentCursor, DirtyRangeCursor) take. */
 export class RunClaimer {
   /** Whether the last {@link next} appended an extent. */
@@ -22,6 +16,11 @@ export class RunClaimer {
   readonly maxBits: number;
   /** What the last clear took. */
   readonly #scratch: Uint32Array;
+
+  /** `previous` if it claims runs of `maxBits` of `bitmap` already (so a take allocates nothing), else a new one. */
+  static reuse(previous: RunClaimer | undefined, bitmap: DirtyBitmap, maxBits: number): RunClaimer {
+    return previous?.maxBits === maxBits && previous.#bitmap === bitmap ? previous : new RunClaimer(bitmap, maxBits);
+  }
 
   constructor(bitmap: DirtyBitmap, maxBits: number) {
     this.#bitmap = bitmap;

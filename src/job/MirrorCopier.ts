@@ -62,7 +62,6 @@ export class MirrorCopier {
   readonly #pacer: WritebackPacer;
   #running: Promise<void> | undefined;
   readonly #firstPass: MirrorFirstPass | undefined;
-  #firstPassRunning = false;
   /** The first pass's run, once started (it never rejects). */
   #firstPassRun: Promise<void> | undefined;
   /** Callers waiting for the backlog (dirty and in flight) to fall to at most so many bytes. */
@@ -126,7 +125,7 @@ export class MirrorCopier {
    * succeeded, what it copied may have to be marked dirty again.
    */
   get clean(): boolean {
-    return this.#o.bitmap.count() === 0 && this.#scheduler.inFlightOperations === 0 && !this.#firstPassRunning;
+    return this.#o.bitmap.count() === 0 && this.#scheduler.inFlightOperations === 0 && !this.firstPassRunning;
   }
 
   start(): void {
@@ -135,8 +134,7 @@ export class MirrorCopier {
 
   async #run(): Promise<void> {
     if (this.#firstPass) {
-      this.#firstPassRunning = true;
-      this.#firstPassRun = this.#firstPass.run().finally(() => (this.#firstPassRunning = false));
+      this.#firstPassRun = this.#firstPass.run();
       await this.#firstPassRun;
       this.#checkBacklog();
     }
@@ -145,7 +143,7 @@ export class MirrorCopier {
 
   /** True while a first pass runs (its copies are not the copier's: the tuner leaves them out). */
   get firstPassRunning(): boolean {
-    return this.#firstPassRunning;
+    return this.#firstPass?.running === true;
   }
 
   /** What the first pass did, once it has ended (undefined: there was none, or it still runs). */
@@ -246,7 +244,7 @@ export class MirrorCopier {
 
   /** A running first pass holds every waiter: its last flush decides whether what it copied stays copied. */
   #backlogAtMost(bytes: number): boolean {
-    if (this.#firstPassRunning) return false;
+    if (this.firstPassRunning) return false;
     return bytes === 0 ? this.clean : this.backlogBytes <= bytes;
   }
 

@@ -112,6 +112,11 @@ export class MirrorFirstPass {
     return this.#copy.inFlightOperations;
   }
 
+  /** True from {@link run} until it has ended, its last flush included. */
+  get running(): boolean {
+    return this.#started > 0 && this.#seconds === undefined;
+  }
+
   /** What the pass did, once it has ended. */
   get summary(): FirstPassSummary | undefined {
     if (this.#seconds === undefined) return undefined;

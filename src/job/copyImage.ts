@@ -5,7 +5,7 @@ import { checkLocation, describeValue, deviceSpecFor } from '../io/location.js';
 import { openDevice } from '../io/openDevice.js';
 import { checkTargetSize, prepareTarget } from '../io/prepareTarget.js';
 import { IoPlanChooser, type IoMode, type IoPlanChoice } from '../sched/IoPlanChooser.js';
-import { DEFAULT_COPY_WORKERS, TASKS_PER_WORKER, resolveTuning, type CopyTuning } from '../sched/tuning.js';
+import { DEFAULT_COPY_WORKERS, TASKS_PER_WORKER, resolveTuning, streamTasksPerWorker, type CopyTuning } from '../sched/tuning.js';
 import { createCopyRunner } from '../workers/createCopyRunner.js';
 import { EagerCopyPool } from '../workers/EagerCopyPool.js';
 import { BulkCopy } from './BulkCopy.js';
@@ -112,7 +112,7 @@ export async function copyImage(first: string | CopyImageOptions, second?: strin
   const files = sourceSpec.kind === 'file' && targetSpec.kind === 'file';
   const streams = tuning.speed === 0 && files;
   // Every stream is one task, so each worker must run its share of them at once.
-  const tasksPerWorker = streams ? Math.ceil(tuning.queueDepth / tuning.workers) : TASKS_PER_WORKER;
+  const tasksPerWorker = streams ? streamTasksPerWorker(tuning.queueDepth, tuning.workers) : TASKS_PER_WORKER;
   // Started before the devices are opened: the threads boot meanwhile, and until they are up the
   // coordinator copies (see EagerCopyPool).
   let pool = files && tuning.workers > 0 ? new EagerCopyPool({ workers: tuning.workers, tasksPerWorker }, { source: sourceSpec, target: targetSpec }) : undefined;

@@ -7,7 +7,7 @@ import { openDevice } from '../io/openDevice.js';
 import { checkTargetSize, prepareTarget } from '../io/prepareTarget.js';
 import { createCopyRunner, type CopyRunner } from '../workers/createCopyRunner.js';
 import { EagerCopyPool } from '../workers/EagerCopyPool.js';
-import { DEFAULT_BUFFER_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_FLUSH_EVERY, TASKS_PER_WORKER, defaultWorkers } from '../sched/tuning.js';
+import { DEFAULT_BUFFER_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_FLUSH_EVERY, TASKS_PER_WORKER, defaultWorkers, streamTasksPerWorker } from '../sched/tuning.js';
 import { ioModeCandidates } from './ioModeCandidates.js';
 import type { FirstPassPlan } from './MirrorFirstPass.js';
 import { isPowerOfTwo } from '../util/size.js';
@@ -261,8 +261,7 @@ export async function startMirrorAt(options: MirrorOptions, resume: ResumePoint 
   const targetSpec =
     typeof targetLocation === 'string' ? deviceSpecFor(targetLocation, { role: 'target', writable: true, direct: options.direct }) : targetLocation;
   const bulk = firstPassEligible(options, sourceSpec, targetSpec, tuning);
-  // A first pass's streams each run as one task: every worker must run its share of them at once.
-  const tasksPerWorker = bulk ? Math.max(TASKS_PER_WORKER, Math.ceil(tuning.queueDepth / tuning.workers)) : TASKS_PER_WORKER;
+  const tasksPerWorker = bulk ? streamTasksPerWorker(tuning.queueDepth, tuning.workers) : TASKS_PER_WORKER;
   // Started before the devices are opened, as a bulk copy's: the threads boot meanwhile, and until
   // they are up the coordinator copies (see EagerCopyPool).
   let runner: CopyRunner | undefined = bulk ? new EagerCopyPool({ workers: tuning.workers, tasksPerWorker }, { source: sourceSpec, target: targetSpec }) : undefined;

@@ -85,6 +85,11 @@ export function resolveTuning(options: Partial<CopyTuning>): CopyTuning {
   };
 }
 
+/** Tasks per worker when every task is a stream (a bulk copy's, a mirror's first pass): each worker runs its share of the streams at once. */
+export function streamTasksPerWorker(queueDepth: number, workers: number): number {
+  return Math.max(TASKS_PER_WORKER, Math.ceil(queueDepth / workers));
+}
+
 /** Extents per task: enough that every worker has `TASKS_PER_WORKER` tasks when the queue is full. */
 export function batchExtentsFor(queueDepth: number, workers: number): number {
   return Math.max(1, Math.ceil(queueDepth / (workers * TASKS_PER_WORKER)));
