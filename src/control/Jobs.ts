@@ -4,6 +4,7 @@ import type { ErrorPolicy } from '../job/errorPolicy.js';
 import { JOB_VERBS, JobStatus, type JobStatusValue, type JobVerb } from '../job/JobStatus.js';
 import type { JobOutcome, MirrorJob } from '../job/MirrorJob.js';
 import { startMirror } from '../job/startMirror.js';
+import { defaultWorkers } from '../sched/tuning.js';
 import type { CopyMode } from '../job/TrackedDevice.js';
 import { cancelAll, completeAll } from '../job/transactions.js';
 import type { BlockGraph } from './BlockGraph.js';
@@ -201,7 +202,9 @@ export class Jobs {
         onNoConvergence: 'report',
         // Copies run on this thread, next to the exports' requests: measured to reach READY far
         // sooner under a writer than the worker pool, and no slower without one (docs/perf.md).
+        // The first pass, which nothing paces, runs on worker threads as the command line's does.
         workers: 0,
+        firstPassWorkers: defaultWorkers(),
       });
     } catch (err) {
       // QEMU creates the job before it fails to start it, and says so.

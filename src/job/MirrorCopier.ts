@@ -228,6 +228,7 @@ export class MirrorCopier {
     this.endFirstPass('the job stopped');
     await this.#running;
     await this.#firstPassRun;
+    await this.#firstPass?.close();
     await this.#scheduler.drain();
     await this.#pool.close();
     // A paced flush that failed is not an error here: the job's own final flush decides.

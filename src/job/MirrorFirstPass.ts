@@ -36,13 +36,18 @@ export interface FirstPassPlan {
   readonly targetIsZero: boolean;
   /** No chunk size was asked for (see BulkCopy's `largeRequests`). */
   readonly largeRequests: boolean;
+  /**
+   * Worker threads of the pass's own, closed once it has ended, where the mirror's copier runs on
+   * the coordinator (a daemon's job). Without: the mirror's runner, left open for its copier.
+   */
+  readonly ownRunner?: CopyRunner;
 }
 
 /** What a {@link MirrorFirstPass} copies with. */
 export interface MirrorFirstPassSettings extends FirstPassPlan {
   readonly sourceSpec: DeviceSpec;
   readonly targetSpec: DeviceSpec;
-  /** The mirror's runner: the pass leaves it open for the mirror's copier. */
+  /** The mirror's runner (unless the plan brings its own). */
   readonly runner: CopyRunner;
   readonly bitmap: DirtyBitmap;
   readonly locks: RangeLocks;
@@ -74,9 +79,13 @@ export class MirrorFirstPass {
   #endedBy: string | undefined;
   #started = 0;
   #seconds: number | undefined;
+  readonly #ownRunner: CopyRunner | undefined;
+  #closed: Promise<void> | undefined;
 
   constructor(settings: MirrorFirstPassSettings) {
-    const { source, tuning, modes, runner } = settings;
+    const { source, tuning, modes } = settings;
+    const runner = settings.ownRunner ?? settings.runner;
+    this.#ownRunner = settings.ownRunner;
     this.#modes = modes;
     this.#chooser = new IoPlanChooser({ size: source.size, alignment: tuning.chunkSize, warmupBytes: tuning.chunkSize * tuning.queueDepth, ...modes });
     this.#copy = new BulkCopy({
@@ -85,7 +94,7 @@ export class MirrorFirstPass {
       source,
       target: new FlushWatch(settings.target, (err) => this.#flushFailed(settings, err)),
       tuning,
-      // The mirror's copier goes on with the same workers.
+      // The mirror's copier goes on with the same workers; threads of the pass's own are closed by close().
       runner: { run: (task) => runner.run(task), close: async () => undefined },
       chooser: this.#chooser,
       detectZeroes: true,
@@ -137,7 +146,14 @@ export class MirrorFirstPass {
       this.#endedBy ??= `it failed: ${err instanceof Error ? err.message : String(err)}`;
     } finally {
       this.#seconds = (performance.now() - this.#started) / 1000;
+      void this.close();
     }
+  }
+
+  /** Closes the pass's own threads, if it has any (at its end, or at a stop before it ran). Never rejects. */
+  close(): Promise<void> {
+    this.#closed ??= this.#ownRunner ? this.#ownRunner.close().catch(() => undefined) : Promise.resolve();
+    return this.#closed;
   }
 
   /**

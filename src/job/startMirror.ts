@@ -9,6 +9,7 @@ import { createCopyRunner, type CopyRunner } from '../workers/createCopyRunner.j
 import { EagerCopyPool } from '../workers/EagerCopyPool.js';
 import { DEFAULT_BUFFER_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_FLUSH_EVERY, TASKS_PER_WORKER, defaultWorkers, streamTasksPerWorker } from '../sched/tuning.js';
 import { ioModeCandidates } from './ioModeCandidates.js';
+import { planConnections } from './connectionPlan.js';
 import type { FirstPassPlan } from './MirrorFirstPass.js';
 import { isPowerOfTwo } from '../util/size.js';
 import { ERROR_POLICIES, type ErrorPolicy } from './errorPolicy.js';
@@ -114,6 +115,11 @@ export interface MirrorOptions {
   readonly checkpointInterval?: number;
   /** With `state`: bytes per activity-log extent (default 4 MiB). */
   readonly logExtentSize?: number;
+  /**
+   * @internal Worker threads of the first pass alone (default: `workers`). The QMP daemon copies
+   * on its own thread (`workers: 0`) but runs the first pass, which nothing paces, on threads.
+   */
+  readonly firstPassWorkers?: number;
   /** @internal Broken orders for tests of the stress test. */
   readonly unsafeTestHooks?: UnsafeTestHooks;
 }
@@ -137,6 +143,7 @@ function checkOptions(o: MirrorOptions): {
   bufferSize: number;
   queueDepth: number;
   workers: number;
+  passWorkers: number;
   speed: number;
 } {
   const granularity = o.granularity ?? DEFAULT_MIRROR_GRANULARITY;
@@ -151,6 +158,8 @@ function checkOptions(o: MirrorOptions): {
   }
   const workers = o.workers ?? defaultWorkers();
   if (!Number.isSafeInteger(workers) || workers < 0 || workers > 64) throw invalid(`workers must be from 0 to 64, not ${workers}`);
+  const passWorkers = o.firstPassWorkers ?? workers;
+  if (!Number.isSafeInteger(passWorkers) || passWorkers < 0 || passWorkers > 64) throw invalid(`firstPassWorkers must be from 0 to 64, not ${passWorkers}`);
   const speed = o.speed ?? 0;
   if (!Number.isSafeInteger(speed) || speed < 0) throw invalid(`speed must be a whole number of bytes per second, not ${speed}`);
   for (const [name, policy] of [['onSourceError', o.onSourceError], ['onTargetError', o.onTargetError]] as const) {
@@ -176,7 +185,7 @@ function checkOptions(o: MirrorOptions): {
   if (o.readyBacklogSeconds !== undefined && !(o.readyBacklogSeconds > 0)) {
     throw invalid(`readyBacklogSeconds must be positive, not ${o.readyBacklogSeconds}`);
   }
-  return { granularity, chunkSize, bufferSize, queueDepth: Math.floor(bufferSize / chunkSize), workers, speed };
+  return { granularity, chunkSize, bufferSize, queueDepth: Math.floor(bufferSize / chunkSize), workers, passWorkers, speed };
 }
 
 async function startBitmap(o: MirrorOptions, size: number, granularity: number): Promise<DirtyBitmap> {
@@ -227,14 +236,14 @@ async function openOwned(spec: DeviceSpec, opened: BlockDevice[]): Promise<Block
  * mirror between two files, in background mode, with no speed limit, through worker threads.
  * (Test hooks break the copier's orders on purpose; the pass would hide what they break.)
  */
-function firstPassEligible(o: MirrorOptions, sourceSpec: DeviceSpec, targetSpec: DeviceSpec, tuning: { workers: number; speed: number }): boolean {
+function firstPassEligible(o: MirrorOptions, sourceSpec: DeviceSpec, targetSpec: DeviceSpec, tuning: { passWorkers: number; speed: number }): boolean {
   return (
     sourceSpec.kind === 'file' &&
     targetSpec.kind === 'file' &&
     (o.sync ?? 'full') === 'full' &&
     (o.copyMode ?? 'background') === 'background' &&
     tuning.speed === 0 &&
-    tuning.workers > 0 &&
+    tuning.passWorkers > 0 &&
     o.unsafeTestHooks === undefined
   );
 }
@@ -261,10 +270,14 @@ export async function startMirrorAt(options: MirrorOptions, resume: ResumePoint 
   const targetSpec =
     typeof targetLocation === 'string' ? deviceSpecFor(targetLocation, { role: 'target', writable: true, direct: options.direct }) : targetLocation;
   const bulk = firstPassEligible(options, sourceSpec, targetSpec, tuning);
-  const tasksPerWorker = bulk ? streamTasksPerWorker(tuning.queueDepth, tuning.workers) : TASKS_PER_WORKER;
+  const tasksPerWorker = bulk ? streamTasksPerWorker(tuning.queueDepth, tuning.passWorkers) : TASKS_PER_WORKER;
   // Started before the devices are opened, as a bulk copy's: the threads boot meanwhile, and until
-  // they are up the coordinator copies (see EagerCopyPool).
-  let runner: CopyRunner | undefined = bulk ? new EagerCopyPool({ workers: tuning.workers, tasksPerWorker }, { source: sourceSpec, target: targetSpec }) : undefined;
+  // they are up the coordinator copies (see EagerCopyPool). The copier uses them too unless it
+  // copies on the coordinator (workers 0), in which case they are the pass's own.
+  const eager = bulk ? new EagerCopyPool({ workers: tuning.passWorkers, tasksPerWorker }, { source: sourceSpec, target: targetSpec }) : undefined;
+  let runner: CopyRunner | undefined = tuning.workers > 0 ? eager : undefined;
+  /** Threads of the pass's own (closed here if the job does not start, else by the pass). */
+  let passPool: CopyRunner | undefined = tuning.workers > 0 ? undefined : eager;
   const opened: BlockDevice[] = [];
   let state: JobStateStore | undefined;
   try {
@@ -315,20 +328,26 @@ export async function startMirrorAt(options: MirrorOptions, resume: ResumePoint 
     });
     const { runner: copyRunner, plan } = createCopyRunner(source, target, sourceSpec, { workers: tuning.workers, tasksPerWorker, pool: runner });
     runner = copyRunner;
+    // Files behind the file specs, not an NBD export the coordinator must keep to itself.
+    const passRuns = bulk && !planConnections(source, target).inline;
+    if (!passRuns && passPool) {
+      void passPool.close().catch(() => undefined);
+      passPool = undefined;
+    }
     const chunkSize = Math.min(tuning.chunkSize, source.maxRequest, target.maxRequest);
-    const firstPass: FirstPassPlan | undefined =
-      bulk && !plan.inline
-        ? {
-            source,
-            target,
-            tuning: { chunkSize, queueDepth: tuning.queueDepth, workers: tuning.workers, speed: 0, flushEvery: DEFAULT_FLUSH_EVERY },
-            modes: await ioModeCandidates(sourceSpec, targetSpec, { direct: options.direct }, { pooled: true, limited: false, size: source.size }),
-            // Nothing but the pass writes the target while it runs: the application writes the
-            // source (background mode), and the mirror's copier starts only once the pass has ended.
-            targetIsZero: created,
-            largeRequests: options.chunkSize === undefined,
-          }
-        : undefined;
+    const firstPass: FirstPassPlan | undefined = passRuns
+      ? {
+          source,
+          target,
+          tuning: { chunkSize, queueDepth: tuning.queueDepth, workers: tuning.passWorkers, speed: 0, flushEvery: DEFAULT_FLUSH_EVERY },
+          modes: await ioModeCandidates(sourceSpec, targetSpec, { direct: options.direct }, { pooled: true, limited: false, size: source.size }),
+          // Nothing but the pass writes the target while it runs: the application writes the
+          // source (background mode), and the mirror's copier starts only once the pass has ended.
+          targetIsZero: created,
+          largeRequests: options.chunkSize === undefined,
+          ...(passPool ? { ownRunner: passPool } : {}),
+        }
+      : undefined;
     const copier = new MirrorCopier({
       runner: copyRunner,
       source: sourceSpec,
@@ -386,6 +405,7 @@ export async function startMirrorAt(options: MirrorOptions, resume: ResumePoint 
     return job;
   } catch (err) {
     await runner?.close().catch(() => undefined);
+    await passPool?.close().catch(() => undefined);
     if (state) {
       await state.setPhase('stopped', false).catch(() => undefined);
       await state.close().catch(() => undefined);

@@ -35,7 +35,11 @@ class HeldRunner {
     this.#settle!(change(success(this.tasks[0]!)));
   }
 
-  async close(): Promise<void> {}
+  closed = false;
+
+  async close(): Promise<void> {
+    this.closed = true;
+  }
 }
 
 function success(task: CopyTask): CopyTaskResult {
@@ -45,7 +49,7 @@ function success(task: CopyTask): CopyTaskResult {
   return { bytesWritten: bytes, bytesZero: 0, readMicros: new Float64Array(n).fill(10), writeMicros: new Float64Array(n).fill(10), failures: [] };
 }
 
-function setup(target: BlockDevice = new MemoryDevice(SIZE)) {
+function setup(target: BlockDevice = new MemoryDevice(SIZE), ownRunner?: HeldRunner) {
   const bitmap = DirtyBitmap.create(SIZE, 4 * KiB);
   bitmap.markAll();
   const locks = new RangeLocks();
@@ -69,6 +73,7 @@ function setup(target: BlockDevice = new MemoryDevice(SIZE)) {
     onFailures: (failed) => failures.push(...failed),
     onFlushError: (err) => flushErrors.push(err),
     onBatch: () => {},
+    ...(ownRunner ? { ownRunner } : {}),
   });
   return { bitmap, locks, unflushed, runner, failures, flushErrors, pass };
 }
@@ -171,6 +176,30 @@ describe('MirrorFirstPass', () => {
     expect(flushErrors).toHaveLength(1);
     expect(bitmap.count()).toBe(bitmap.bitCount);
     expect(pass.summary?.endedBy).toMatch(/^its flush of the target failed: /);
+  });
+
+  it('copies on threads of its own where it has them, and closes them once it has ended', async () => {
+    const own = new HeldRunner();
+    const { bitmap, runner, pass } = setup(undefined, own);
+    const run = pass.run();
+    await own.first;
+    expect(own.closed).toBe(false);
+    own.settleFirst();
+    await run;
+    await pass.close();
+    expect(bitmap.count()).toBe(0);
+    expect(runner.tasks).toHaveLength(0);
+    expect(own.closed).toBe(true);
+  });
+
+  it('leaves the mirror\'s runner open for its copier once it has ended', async () => {
+    const { runner, pass } = setup();
+    const run = pass.run();
+    await runner.first;
+    runner.settleFirst();
+    await run;
+    await pass.close();
+    expect(runner.closed).toBe(false);
   });
 
   it('copies only its warm-up until the workers are up, so that no trial measures their boot', async () => {

@@ -132,6 +132,15 @@ describe('a full mirror\'s first pass', () => {
     await target.close();
   });
 
+  it('runs on worker threads of its own where the mirror\'s copier copies on the coordinator (a daemon\'s job), and ends equal under writes', async () => {
+    const { src, dst } = await setup(64 * MiB);
+    const job = await mirror({ source: src, target: dst, workers: 0, firstPassWorkers: 2 });
+    await job.device.write(randomBytes(MiB), 63 * MiB);
+    await job.device.write(randomBytes(MiB), 0);
+    await completeAndCompare(job, src, dst);
+    expect(job.firstPass!.bytesCopied).toBeGreaterThan(0);
+  });
+
   it('writes the zeros of the source over an existing target, which it does not assume zero', async () => {
     const half = (size: number): Buffer => Buffer.concat([randomBytes(size / 2), Buffer.alloc(size / 2)]);
     const { src, dst } = await setup(16 * MiB, half);
