@@ -76,8 +76,16 @@ const BASELINE_TRIGGER_WRITES = 10;
  * to a probe: docs/perf.md, "QMP daemon", second pass).
  */
 const FIRST_PROBE_AFTER_MS = 1000;
-/** A first pass with less than this many seconds of copying left finishes before the first probe. */
-const PASS_NEAR_END_SECONDS = 1;
+/**
+ * A first pass that would be done within this many seconds, at its mean rate so far, finishes at
+ * full speed before the first probe, as QEMU's copy runs to its end. A probe would end it, and the
+ * copier the controller paces then copies the rest slower and on more CPU per byte, so a heavy
+ * writer lost more than it gained: 4 GiB under an unthrottled fio writer, the writer kept
+ * 0.43-0.73 x QEMU's IOPS with the pass ended at the probe, 1.25-1.75 x with the pass run to its
+ * end (docs/perf.md, "QMP daemon"). The bound keeps a large image's pass from holding a busy
+ * application back for long: past it the probe ends the pass, and the copy is paced.
+ */
+const PASS_FREE_SECONDS = 10;
 /** During a probe the copier crawls at this rate (bytes per second). */
 const BASELINE_PACE = 1 << 20;
 /** The default latency target is this multiple of the baseline p99. */
@@ -214,7 +222,7 @@ export class MirrorController {
     const b = this.#baseline;
     if (b === 'idle' && window.app.count >= BASELINE_TRIGGER_WRITES) {
       this.#appSince ??= nowMs;
-      if (nowMs - this.#appSince >= FIRST_PROBE_AFTER_MS && !this.#passNearlyDone(window)) {
+      if (nowMs - this.#appSince >= FIRST_PROBE_AFTER_MS && !this.#passNearlyDone(nowMs, window)) {
         this.#beginBaseline(nowMs); // the application has been writing for a while: learn what it costs it
         return;
       }
@@ -242,14 +250,14 @@ export class MirrorController {
   }
 
   /**
-   * A first pass that would copy what is left within {@link PASS_NEAR_END_SECONDS} at its rate of
-   * the last window is let finish before the first probe: a probe ends it and crawls, and the job
-   * is in sync sooner without one (as a job in sync within the first second never probes).
+   * Whether a first pass would copy what is left within {@link PASS_FREE_SECONDS} at its mean rate
+   * since the job started (everything copied so far is the pass's): it is then let finish.
    */
-  #passNearlyDone(window: TunerWindow): boolean {
-    if (!this.#o.copier.firstPassRunning || !(window.seconds > 0)) return false;
-    const rate = window.bytesCopied / window.seconds;
-    return rate > 0 && window.backlogBytes < rate * PASS_NEAR_END_SECONDS;
+  #passNearlyDone(nowMs: number, window: TunerWindow): boolean {
+    const seconds = (nowMs - this.#started) / 1000;
+    if (!this.#o.copier.firstPassRunning || !(seconds > 0)) return false;
+    const rate = (this.#last?.copied ?? 0) / seconds;
+    return rate > 0 && window.backlogBytes < rate * PASS_FREE_SECONDS;
   }
 
   /**

@@ -68,6 +68,25 @@ describe('blockmirror daemon: mirror over QMP', () => {
     await qmp.execute('quit');
   });
 
+  it('tracks 4 KiB granules unless told otherwise: a 4 KiB write once ready costs a 4 KiB copy, not QEMU\'s 64 KiB', async () => {
+    const { dst, nbd, qmp } = await daemonWithSource(8 * MiB);
+    await qmp.execute('blockdev-add', { driver: 'file', 'node-name': 'dst', filename: dst });
+    await qmp.execute('blockdev-mirror', { 'job-id': 'j', device: 'src', target: 'dst', sync: 'full' });
+    await qmp.waitEvent('BLOCK_JOB_READY', (d) => d.device === 'j');
+    const offset = async (): Promise<number> => (await qmp.execute<Array<{ offset: number }>>('query-block-jobs'))[0]!.offset;
+    const before = await offset();
+    const client = await NbdDevice.open({ kind: 'nbd', uri: `nbd+unix:///src?socket=${nbd}`, writable: true });
+    await client.write(Buffer.alloc(4096, 7), 3 * MiB);
+    let after = before;
+    while (after === before) {
+      await new Promise((r) => setTimeout(r, 20));
+      after = await offset();
+    }
+    expect(after - before).toBe(4096);
+    await client.close();
+    await qmp.execute('quit');
+  });
+
   it('keeps the export working across the pivot: writes before go to both, writes after to the target only', async () => {
     const { src, dst, nbd, qmp } = await daemonWithSource(8 * MiB);
     const client = await NbdDevice.open({ kind: 'nbd', uri: `nbd+unix:///src?socket=${nbd}`, writable: true });

@@ -192,20 +192,19 @@ describe('MirrorController', () => {
     expect(copier.firstPassEnds[0]).toMatch(/measure the application/);
   });
 
-  it('lets a first pass with under a second of copying left finish before its first probe', () => {
+  it('lets a first pass with under ten seconds of copying left, at its mean rate, finish before its first probe', () => {
     const job = new FakeJob();
     const { c, copier } = measuringController(job);
     copier.firstPassRunning = true;
-    job.backlogBytes = 2e9;
-    let t = 0;
+    let t = 100;
     for (; t <= 2000; t += 100) {
-      job.copiedBytes += 1e8; // 1 GB/s, against a backlog of 0.5 GB from here on
-      job.backlogBytes = 5e8;
+      job.copiedBytes += 1e8; // 1 GB/s, against eight seconds of backlog
+      job.backlogBytes = 8e9;
       for (let i = 0; i < 20; i++) c.appLatency.record(300);
       c.tick(t);
     }
     expect(copier.firstPassEnds).toEqual([]);
-    job.backlogBytes = 5e9; // five seconds left: now the probe is worth it
+    job.backlogBytes = 2e10; // twenty seconds left: now the probe is worth it
     tickWithLatency(c, t, t + 200, 300);
     expect(copier.firstPassEnds[0]).toMatch(/measure the application/);
   });
