@@ -4,7 +4,8 @@
  * each daemon's own NBD export), alternating daemons within each round.
  *
  *   npm run bench:qmp -- [--sizes 512M,4G] [--writers none,3000,max] [--runs 3] [--fio-seconds 15]
- *                        [--daemons qemu-storage-daemon,blockmirror,mirror-command] [--dir DIR] [--json FILE]
+ *                        [--daemons qemu-storage-daemon,blockmirror,mirror-command] [--writer-after-ready]
+ *                        [--dir DIR] [--json FILE]
  *
  * Writer profiles: `none` (no writer: the job alone), a fixed rate in IOPS (fio --rate_iops), or
  * `max` (unthrottled). One round, per daemon: start it (--blockdev src, --nbd-server, --export
@@ -13,7 +14,12 @@
  * once without a writer), block-job-complete and BLOCK_JOB_COMPLETED (offset: bytes the job
  * copied); quit. Daemons alternate within each round. Also one fio run per daemon with no job,
  * for the writer's baseline. Prints a table per image size and a table of blockmirror/QEMU
- * ratios of the medians: time to ready, bytes copied, writer IOPS and writer p99.
+ * ratios of the medians: time to ready, bytes copied, writer IOPS and writer p99, with the
+ * CPU-seconds the contender's process (all its threads) used from the job's start until the writer
+ * ended (until ready without one).
+ *
+ * `--writer-after-ready`: fio starts once the job is READY instead (time to ready is then the
+ * job's alone), measuring what keeping the target in sync costs the writer and the CPU.
  *
  * `mirror-command` is `blockmirror mirror SRC DST --export URI --json`, the same job from the
  * command line (its first pass included): its export exists once the job runs, so fio starts as
@@ -32,6 +38,7 @@ import { startDaemon, type DaemonBinary, type RunningDaemon } from '../test/help
 import { QmpClient } from '../test/helpers/qmpClient.js';
 import { CliProcess } from './lib/mirrorCli.js';
 import { machineInfo } from './lib/machine.js';
+import { processCpuSeconds } from './lib/host.js';
 import { markdownTable, median } from './lib/stats.js';
 
 const { values } = parseArgs({
@@ -43,6 +50,7 @@ const { values } = parseArgs({
     dir: { type: 'string' },
     json: { type: 'string' },
     daemons: { type: 'string', default: 'qemu-storage-daemon,blockmirror,mirror-command' },
+    'writer-after-ready': { type: 'boolean', default: false },
   },
 });
 const sizes = values.sizes!.split(',').map((t) => parseSize(t, '--sizes'));
@@ -50,6 +58,7 @@ const writers = values.writers!.split(',').map(parseWriter);
 const runs = Number(values.runs);
 const fioSeconds = Number(values['fio-seconds']);
 const dir = resolve(values.dir ?? join(process.cwd(), 'bench-qmp-tmp'));
+const afterReady = values['writer-after-ready']!;
 
 /** A writer profile: no writer, a fixed rate in IOPS, or unthrottled. */
 type WriterProfile = { readonly kind: 'none' } | { readonly kind: 'rate'; readonly iops: number } | { readonly kind: 'max' };
@@ -129,6 +138,35 @@ interface RoundResult {
   /** The writer's, during the job (NaN without a writer). */
   iops: number;
   p99us: number;
+  /** CPU-seconds of the contender's process from the job's start until the writer ended (until ready without one). */
+  cpuSeconds: number;
+}
+
+/**
+ * Starts the writer (if any) before the job or once it is ready (`--writer-after-ready`), then
+ * waits for READY and for the writer: when the writer starts, time to ready, the writer's figures,
+ * and the process's CPU-seconds from the job's start.
+ */
+async function runJob(
+  profile: WriterProfile,
+  pid: number,
+  nbd: string,
+  size: number,
+  startJob: () => Promise<void>,
+  ready: () => Promise<unknown>,
+  headStartMs: number,
+): Promise<{ readySeconds: number; writer: FioResult; cpuSeconds: number }> {
+  const startWriter = (): Promise<FioResult> | undefined => (profile.kind === 'none' ? undefined : fio(nbd, size, fioSeconds, profile.kind === 'rate' ? profile.iops : 0));
+  let writer = afterReady ? undefined : startWriter();
+  if (writer && headStartMs > 0) await new Promise((r) => setTimeout(r, headStartMs));
+  const cpu0 = processCpuSeconds(pid);
+  const t0 = performance.now();
+  await startJob();
+  await ready();
+  const readySeconds = (performance.now() - t0) / 1000;
+  if (afterReady) writer = startWriter();
+  const w = (await writer) ?? { iops: Number.NaN, p99us: Number.NaN };
+  return { readySeconds, writer: w, cpuSeconds: processCpuSeconds(pid) - cpu0 };
 }
 
 async function round(binary: Contender, size: number, profile: WriterProfile): Promise<RoundResult> {
@@ -140,19 +178,21 @@ async function round(binary: Contender, size: number, profile: WriterProfile): P
   const s = await start(binary);
   try {
     await s.qmp.execute('blockdev-add', { driver: 'file', 'node-name': 'dst', filename: dst });
-    const writer = profile.kind === 'none' ? undefined : fio(s.nbd, size, fioSeconds, profile.kind === 'rate' ? profile.iops : 0);
-    if (writer) await new Promise((r) => setTimeout(r, 1000));
-    const t0 = performance.now();
-    await s.qmp.execute('blockdev-mirror', { 'job-id': 'job0', device: 'src', target: 'dst', sync: 'full' });
-    await s.qmp.waitEvent('BLOCK_JOB_READY', () => true, 600_000);
-    const readySeconds = (performance.now() - t0) / 1000;
-    const w = (await writer) ?? { iops: Number.NaN, p99us: Number.NaN };
+    const { readySeconds, writer: w, cpuSeconds } = await runJob(
+      profile,
+      s.d.child.pid!,
+      s.nbd,
+      size,
+      async () => void (await s.qmp.execute('blockdev-mirror', { 'job-id': 'job0', device: 'src', target: 'dst', sync: 'full' })),
+      () => s.qmp.waitEvent('BLOCK_JOB_READY', () => true, 600_000),
+      1000,
+    );
     const t1 = performance.now();
     await s.qmp.execute('block-job-complete', { device: 'job0' });
     const done = await s.qmp.waitEvent('BLOCK_JOB_COMPLETED', () => true, 600_000);
     const completeSeconds = (performance.now() - t1) / 1000;
     if (done.data!.error) throw new Error(`${binary}: job failed: ${String(done.data!.error)}`);
-    return { daemon: binary, size, writer: writerName(profile), readySeconds, copiedRatio: (done.data!.offset as number) / size, completeSeconds, iops: w.iops, p99us: w.p99us };
+    return { daemon: binary, size, writer: writerName(profile), readySeconds, copiedRatio: (done.data!.offset as number) / size, completeSeconds, iops: w.iops, p99us: w.p99us, cpuSeconds };
   } finally {
     await stop(s);
   }
@@ -165,17 +205,14 @@ async function commandRound(size: number, profile: WriterProfile): Promise<Round
   const nbd = join(dir, 'nbd.sock');
   const cli = new CliProcess(['mirror', join(dir, 'src.img'), dst, '--export', `nbd+unix:///src?socket=${nbd}`, '--json']);
   try {
+    // Its export exists once the job runs: the writer starts with the job, not a second before.
     await cli.event('start');
-    const t0 = performance.now();
-    const writer = profile.kind === 'none' ? undefined : fio(nbd, size, fioSeconds, profile.kind === 'rate' ? profile.iops : 0);
-    await cli.event('ready');
-    const readySeconds = (performance.now() - t0) / 1000;
-    const w = (await writer) ?? { iops: Number.NaN, p99us: Number.NaN };
+    const { readySeconds, writer: w, cpuSeconds } = await runJob(profile, cli.child.pid!, nbd, size, async () => {}, () => cli.event('ready'), 0);
     const t1 = performance.now();
     cli.child.kill('SIGUSR1');
     const done = await cli.event('completed');
     const completeSeconds = (performance.now() - t1) / 1000;
-    return { daemon: 'mirror-command', size, writer: writerName(profile), readySeconds, copiedRatio: (done.offset as number) / size, completeSeconds, iops: w.iops, p99us: w.p99us };
+    return { daemon: 'mirror-command', size, writer: writerName(profile), readySeconds, copiedRatio: (done.offset as number) / size, completeSeconds, iops: w.iops, p99us: w.p99us, cpuSeconds };
   } finally {
     cli.child.kill('SIGINT'); // it serves the target until told to stop
     await cli.exited;
@@ -223,7 +260,7 @@ async function main(): Promise<void> {
           results.push(res);
           console.error(
             `${formatBytes(size)} ${res.writer} round ${r + 1} ${b}: ready ${res.readySeconds.toFixed(2)} s, copied ${res.copiedRatio.toFixed(3)} x size, ` +
-              `complete ${res.completeSeconds.toFixed(2)} s, ${res.iops.toFixed(0)} IOPS, p99 ${res.p99us.toFixed(0)} µs`,
+              `complete ${res.completeSeconds.toFixed(2)} s, ${res.iops.toFixed(0)} IOPS, p99 ${res.p99us.toFixed(0)} µs, ${res.cpuSeconds.toFixed(2)} CPU-s`,
           );
         }
       }
@@ -231,12 +268,12 @@ async function main(): Promise<void> {
     const rows: string[][] = [];
     for (const profile of writers) {
       const name = writerName(profile);
-      const medians = new Map<Contender, { ready: number; copied: number; iops: number; p99: number }>();
+      const medians = new Map<Contender, { ready: number; copied: number; iops: number; p99: number; cpu: number }>();
       for (const b of daemons) {
         const mine = results.filter((x) => x.daemon === b && x.size === size && x.writer === name);
         const med = (f: (x: RoundResult) => number): number => median(mine.map(f));
         const all = (f: (x: RoundResult) => number, digits: number): string => mine.map((x) => f(x).toFixed(digits)).join(' / ');
-        medians.set(b, { ready: med((x) => x.readySeconds), copied: med((x) => x.copiedRatio), iops: med((x) => x.iops), p99: med((x) => x.p99us) });
+        medians.set(b, { ready: med((x) => x.readySeconds), copied: med((x) => x.copiedRatio), iops: med((x) => x.iops), p99: med((x) => x.p99us), cpu: med((x) => x.cpuSeconds) });
         const base = baselines[`${b === 'mirror-command' ? 'blockmirror' : b} ${formatBytes(size)} ${name}`];
         rows.push([
           name,
@@ -246,6 +283,7 @@ async function main(): Promise<void> {
           `${med((x) => x.completeSeconds).toFixed(2)}`,
           profile.kind === 'none' ? '-' : `${med((x) => x.iops).toFixed(0)} (${all((x) => x.iops, 0)})`,
           profile.kind === 'none' ? '-' : `${med((x) => x.p99us).toFixed(0)}`,
+          `${med((x) => x.cpuSeconds).toFixed(2)}`,
           base ? `${base.iops.toFixed(0)} / ${base.p99us.toFixed(0)} µs` : '-',
         ]);
       }
@@ -254,13 +292,13 @@ async function main(): Promise<void> {
         const mine = medians.get(contender);
         if (!mine || !qemu) continue;
         const ratio = (a: number, b: number): string => (Number.isNaN(a) || Number.isNaN(b) ? '-' : (a / b).toFixed(2));
-        ratioRows.push([contender === 'blockmirror' ? 'daemon' : 'mirror command', formatBytes(size), name, ratio(mine.ready, qemu.ready), ratio(mine.copied, qemu.copied), ratio(mine.iops, qemu.iops), ratio(mine.p99, qemu.p99)]);
+        ratioRows.push([contender === 'blockmirror' ? 'daemon' : 'mirror command', formatBytes(size), name, ratio(mine.ready, qemu.ready), ratio(mine.copied, qemu.copied), ratio(mine.iops, qemu.iops), ratio(mine.p99, qemu.p99), ratio(mine.cpu, qemu.cpu)]);
       }
     }
     tables.push(
       `${formatBytes(size)} image:\n\n` +
         markdownTable(
-          ['writer', 'daemon', 'time to ready, s: median (runs)', 'bytes copied / image size', 'complete, s', 'writer IOPS during the job', 'writer p99, µs', 'writer alone: IOPS / p99'],
+          ['writer', 'daemon', 'time to ready, s: median (runs)', 'bytes copied / image size', 'complete, s', 'writer IOPS during the job', 'writer p99, µs', 'CPU-s', 'writer alone: IOPS / p99'],
           rows,
         ),
     );
@@ -268,11 +306,11 @@ async function main(): Promise<void> {
   console.log(tables.join('\n\n'));
   if (ratioRows.length) {
     console.log('\nblockmirror / qemu-storage-daemon, medians (ready and p99: lower is better; IOPS: higher is better):\n');
-    console.log(markdownTable(['blockmirror', 'image', 'writer', 'time to ready', 'bytes copied', 'writer IOPS', 'writer p99'], ratioRows));
+    console.log(markdownTable(['blockmirror', 'image', 'writer', 'time to ready', 'bytes copied', 'writer IOPS', 'writer p99', 'CPU-s'], ratioRows));
   }
   const machine = machineInfo(dir);
-  console.log(`\n${runs} rounds, fio ${fioSeconds} s per round; ${machine.cpu}, ${machine.cores} cores, ${machine.memoryGiB} GiB, ${machine.filesystem}, Node ${machine.node}`);
-  if (values.json) await writeFile(values.json, JSON.stringify({ kind: 'qmp', date: new Date().toISOString(), machine, sizes, writers: writers.map(writerName), runs, fioSeconds, baselines, results, ratios: ratioRows }, null, 2));
+  console.log(`\n${runs} rounds, fio ${fioSeconds} s per round${afterReady ? ', started once the job was ready' : ''}; ${machine.cpu}, ${machine.cores} cores, ${machine.memoryGiB} GiB, ${machine.filesystem}, Node ${machine.node}`);
+  if (values.json) await writeFile(values.json, JSON.stringify({ kind: 'qmp', date: new Date().toISOString(), machine, sizes, writers: writers.map(writerName), runs, fioSeconds, writerAfterReady: afterReady, baselines, results, ratios: ratioRows }, null, 2));
   await rm(dir, { recursive: true, force: true });
 }
 

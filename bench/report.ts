@@ -153,10 +153,13 @@ interface QmpBenchReport {
   readonly writers?: readonly string[];
   readonly runs: number;
   readonly fioSeconds: number;
-  readonly results: ReadonlyArray<{ readonly daemon: string; readonly readySeconds: number; readonly size?: number; readonly writer?: string }>;
+  /** The writer started once the job was ready: a report of the cost of staying in sync, not of time to ready. */
+  readonly writerAfterReady?: boolean;
+  readonly results: ReadonlyArray<{ readonly daemon: string; readonly readySeconds: number; readonly size?: number; readonly writer?: string; readonly cpuSeconds?: number }>;
 }
 
 function qmpRows(report: QmpBenchReport, file: string): SummaryRow[] {
+  if (report.writerAfterReady) return [];
   const sizes = report.sizes ?? (report.size !== undefined ? [report.size] : []);
   const writers = report.writers ?? [undefined];
   const command = report.sizes
@@ -171,10 +174,12 @@ function qmpRows(report: QmpBenchReport, file: string): SummaryRow[] {
   for (const contender of contenders) {
     for (const size of sizes) {
       for (const [w, writer] of writers.entries()) {
-        const times = (daemon: string): number[] =>
-          report.results.filter((r) => r.daemon === daemon && (r.size ?? size) === size && r.writer === writer).map((r) => r.readySeconds);
+        const rounds = (daemon: string) => report.results.filter((r) => r.daemon === daemon && (r.size ?? size) === size && r.writer === writer);
+        const times = (daemon: string): number[] => rounds(daemon).map((r) => r.readySeconds);
+        const cpu = (daemon: string): number[] => rounds(daemon).flatMap((r) => (r.cpuSeconds === undefined ? [] : [r.cpuSeconds]));
         const mine = times(contender.daemon);
         const peer = times('qemu-storage-daemon');
+        const [myCpu, peerCpu] = [cpu(contender.daemon), cpu('qemu-storage-daemon')];
         if (mine.length === 0 || peer.length === 0) continue;
         rows.push({
           benchmark: contender.benchmark,
@@ -183,7 +188,7 @@ function qmpRows(report: QmpBenchReport, file: string): SummaryRow[] {
           peer: 'qemu-storage-daemon',
           blockmirror: median(mine),
           peerMedian: median(peer),
-          cpuRatio: undefined,
+          cpuRatio: myCpu.length && peerCpu.length ? median(myCpu) / median(peerCpu) : undefined,
           ...datesOf(report, file),
           machine: machineText(report.machine),
           command,

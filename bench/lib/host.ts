@@ -11,6 +11,12 @@ export function childCpuSeconds(): number {
 }
 const CLOCK_TICKS = Number(spawnSync('getconf', ['CLK_TCK']).stdout?.toString().trim() || 100);
 
+/** CPU-seconds a running process has used so far, all its threads (utime + stime of /proc/PID/stat). */
+export function processCpuSeconds(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return (Number(fields[14 - 3]) + Number(fields[15 - 3])) / CLOCK_TICKS;
+}
+
 /** Bytes in the page cache now. */
 export function cachedBytes(): number {
   const m = /^Cached:\s+(\d+) kB/m.exec(readFileSync('/proc/meminfo', 'utf8'));

@@ -222,7 +222,7 @@ export class MirrorController {
     const b = this.#baseline;
     if (b === 'idle' && window.app.count >= BASELINE_TRIGGER_WRITES) {
       this.#appSince ??= nowMs;
-      if (nowMs - this.#appSince >= FIRST_PROBE_AFTER_MS && !this.#passNearlyDone(nowMs, window)) {
+      if (nowMs - this.#appSince >= FIRST_PROBE_AFTER_MS && !this.#probeCanWait(nowMs, window)) {
         this.#beginBaseline(nowMs); // the application has been writing for a while: learn what it costs it
         return;
       }
@@ -250,14 +250,23 @@ export class MirrorController {
   }
 
   /**
-   * Whether a first pass would copy what is left within {@link PASS_FREE_SECONDS} at its mean rate
-   * since the job started (everything copied so far is the pass's): it is then let finish.
+   * Whether the first probe can wait: while a first pass would copy what is left within
+   * {@link PASS_FREE_SECONDS} at its mean rate since the job started (everything copied so far is
+   * the pass's), it is let finish; and while the backlog is no more than a ready job may carry, the
+   * job is about to be ready, and a probe would only hold it back (crawling, the copier falls
+   * behind what the application dirties meanwhile).
    */
-  #passNearlyDone(nowMs: number, window: TunerWindow): boolean {
+  #probeCanWait(nowMs: number, window: TunerWindow): boolean {
+    if (window.backlogBytes <= this.#readyBacklogLimit()) return true;
     const seconds = (nowMs - this.#started) / 1000;
     if (!this.#o.copier.firstPassRunning || !(seconds > 0)) return false;
     const rate = (this.#last?.copied ?? 0) / seconds;
     return rate > 0 && window.backlogBytes < rate * PASS_FREE_SECONDS;
+  }
+
+  /** The largest backlog a ready job may carry: what the copier cleans in `readyBacklogSeconds`, at least 16 MiB. */
+  #readyBacklogLimit(): number {
+    return Math.max(READY_BACKLOG_FLOOR, (this.#state?.cleanRate ?? 0) * this.#o.readyBacklogSeconds);
   }
 
   /**
@@ -349,7 +358,7 @@ export class MirrorController {
     const gate = this.#o.gate;
 
     if (job.status === 'ready') {
-      const threshold = Math.max(READY_BACKLOG_FLOOR, state.cleanRate * this.#o.readyBacklogSeconds);
+      const threshold = this.#readyBacklogLimit();
       if (backlogBytes > threshold) {
         job.dropReady({
           backlogBytes,

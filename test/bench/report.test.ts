@@ -137,6 +137,44 @@ describe('bench:report', () => {
     ]);
   });
 
+  it('gives a bench:qmp row the CPU ratio of the processes\' CPU-seconds, where the report has them', () => {
+    const rows = rowsFromReport(
+      {
+        kind: 'qmp',
+        date: '2026-12-02T10:00:00Z',
+        machine,
+        sizes: [4 * GiB],
+        writers: ['unthrottled'],
+        runs: 1,
+        fioSeconds: 10,
+        results: [
+          { daemon: 'blockmirror', size: 4 * GiB, writer: 'unthrottled', readySeconds: 3, cpuSeconds: 6 },
+          { daemon: 'qemu-storage-daemon', size: 4 * GiB, writer: 'unthrottled', readySeconds: 2, cpuSeconds: 8 },
+        ],
+      },
+      'q.json',
+    );
+    expect(rows.map((r) => r.cpuRatio)).toEqual([0.75]);
+  });
+
+  it('leaves out a bench:qmp report whose writer started once the job was ready (not a time to ready under writes)', () => {
+    const report = {
+      kind: 'qmp',
+      date: '2026-12-02T10:00:00Z',
+      machine,
+      sizes: [GiB],
+      writers: ['unthrottled'],
+      runs: 1,
+      fioSeconds: 10,
+      writerAfterReady: true,
+      results: [
+        { daemon: 'blockmirror', size: GiB, writer: 'unthrottled', readySeconds: 1 },
+        { daemon: 'qemu-storage-daemon', size: GiB, writer: 'unthrottled', readySeconds: 2 },
+      ],
+    };
+    expect(rowsFromReport(report, 'q.json')).toEqual([]);
+  });
+
   it('reads a bench:verify report as one row per cache against qemu-img compare, and leaves out state and replication reports', () => {
     const rows = rowsFromReport(
       {

@@ -209,6 +209,18 @@ describe('MirrorController', () => {
     expect(copier.firstPassEnds[0]).toMatch(/measure the application/);
   });
 
+  it('does not probe while the backlog is one a ready job may carry: the job is about to be ready, and a crawl would hold it back', () => {
+    const job = new FakeJob();
+    const { c, paces } = measuringController(job);
+    job.backlogBytes = 4 * MiB;
+    const t = tickWithLatency(c, 0, 3000, 300);
+    expect(paces).not.toContain(1 << 20);
+    expect(c.latencyTargetMicros).toBeUndefined();
+    job.backlogBytes = 1e12; // the application outpaces the copy: now it is worth knowing what the copy costs it
+    tickWithLatency(c, t, t + 200, 300);
+    expect(paces).toContain(1 << 20);
+  });
+
   it('ends a first pass as soon as the application is over a target it was given', () => {
     const job = new FakeJob();
     job.backlogBytes = 1e12;
