@@ -16,6 +16,9 @@ const COALESCE_MS = 10;
 
 export type { FailedExtent } from './GuardedDirtyExtents.js';
 
+/** Bytes of backlog, or a function that says how many now. */
+export type BacklogBound = number | (() => number);
+
 export interface MirrorCopierOptions {
   /** Runs the copy tasks (the worker pool, or the coordinator's own devices for NBD). */
   readonly runner: CopyRunner;
@@ -65,7 +68,7 @@ export class MirrorCopier {
   /** The first pass's run, once started (it never rejects). */
   #firstPassRun: Promise<void> | undefined;
   /** Callers waiting for the backlog (dirty and in flight) to fall to at most so many bytes. */
-  #backlogWaiters: Array<{ bytes: number; resolve: () => void }> = [];
+  #backlogWaiters: Array<{ bytes: BacklogBound; resolve: () => void }> = [];
 
   constructor(options: MirrorCopierOptions) {
     this.#o = options;
@@ -213,8 +216,12 @@ export class MirrorCopier {
     return this.#o.bitmap.dirtyBytes() + this.inFlightBytes;
   }
 
-  /** Resolves the next time the backlog is at most `bytes` (0: clean), once any first pass has ended — at once if so now. */
-  whenBacklogAtMost(bytes: number): Promise<void> {
+  /**
+   * Resolves the next time the backlog is at most `bytes` (0: clean), once any first pass has
+   * ended — at once if so now. A function is asked again at each check (a bound that follows the
+   * copy rate, which the job's first wait would otherwise fix at its start, at a single granule).
+   */
+  whenBacklogAtMost(bytes: BacklogBound): Promise<void> {
     if (this.#backlogAtMost(bytes)) return Promise.resolve();
     return new Promise((resolve) => {
       this.#backlogWaiters.push({ bytes, resolve });
@@ -244,14 +251,15 @@ export class MirrorCopier {
   }
 
   /** A running first pass holds every waiter: its last flush decides whether what it copied stays copied. */
-  #backlogAtMost(bytes: number): boolean {
+  #backlogAtMost(bound: BacklogBound): boolean {
     if (this.firstPassRunning) return false;
+    const bytes = typeof bound === 'number' ? bound : bound();
     return bytes === 0 ? this.clean : this.backlogBytes <= bytes;
   }
 
   #checkBacklog(): void {
     if (this.#backlogWaiters.length === 0) return;
-    const still: Array<{ bytes: number; resolve: () => void }> = [];
+    const still: Array<{ bytes: BacklogBound; resolve: () => void }> = [];
     for (const w of this.#backlogWaiters) {
       if (this.#backlogAtMost(w.bytes)) w.resolve();
       else still.push(w);

@@ -415,7 +415,8 @@ export class MirrorJob extends EventEmitter<MirrorJobEvents> {
   async #untilReady(): Promise<void> {
     const { copier, target, gate } = this.#p;
     while (!this.#outcome && this.#status !== JobStatus.READY) {
-      await copier.whenBacklogAtMost(this.#readyCheckBacklog());
+      // Asked again at each check: fixed now, before any rate is known, it would be one granule.
+      await copier.whenBacklogAtMost(() => this.#readyCheckBacklog());
       if (this.#outcome || this.#finishing) return;
       if (this.paused) {
         await this.#waitForResume();
