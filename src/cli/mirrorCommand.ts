@@ -13,7 +13,7 @@ import { startMirror } from '../job/startMirror.js';
 import type { JobStateRecord } from '../state/JobStateFile.js';
 import { DEFAULT_CHECKPOINT_INTERVAL_MS } from '../state/Checkpointer.js';
 import type { CopyMode } from '../job/TrackedDevice.js';
-import { DEFAULT_BUFFER_SIZE } from '../sched/tuning.js';
+import { DEFAULT_BUFFER_SIZE, DEFAULT_MIRROR_WORKERS } from '../sched/tuning.js';
 import { formatBytes, formatDuration } from '../util/size.js';
 import { ExitCode, type ExitCodeValue } from './exitCodes.js';
 import { showMirrorProgress } from './mirrorProgress.js';
@@ -54,6 +54,7 @@ export function registerMirrorCommand(program: Command): void {
       )
       .argument('[source]', 'raw image file, block device, or NBD URI (opened read-write); with --resume, the job\'s own')
       .argument('[target]', 'file (created, sized to the source, if missing), block device, or NBD URI; with --resume, the job\'s own'),
+    { workers: DEFAULT_MIRROR_WORKERS },
   )
     .option('--state <dir>', 'keep the job\'s bitmap, activity log and phase in DIR, so that after a crash `blockmirror status DIR` says which image is current and --resume DIR copies only what is left')
     .option('--resume <dir>', 'resume the job of a state directory: copy what may differ, then carry on (nothing may have written the source meanwhile)')

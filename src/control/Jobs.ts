@@ -4,7 +4,7 @@ import type { ErrorPolicy } from '../job/errorPolicy.js';
 import { JOB_VERBS, JobStatus, type JobStatusValue, type JobVerb } from '../job/JobStatus.js';
 import type { JobOutcome, MirrorJob } from '../job/MirrorJob.js';
 import { startMirror } from '../job/startMirror.js';
-import { defaultWorkers } from '../sched/tuning.js';
+import { DEFAULT_MIRROR_WORKERS } from '../sched/tuning.js';
 import type { CopyMode } from '../job/TrackedDevice.js';
 import { cancelAll, completeAll } from '../job/transactions.js';
 import type { BlockGraph } from './BlockGraph.js';
@@ -204,7 +204,7 @@ export class Jobs {
         // sooner under a writer than the worker pool, and no slower without one (docs/perf.md).
         // The first pass, which nothing paces, runs on worker threads as the command line's does.
         workers: 0,
-        firstPassWorkers: defaultWorkers(),
+        firstPassWorkers: DEFAULT_MIRROR_WORKERS,
       });
     } catch (err) {
       // QEMU creates the job before it fails to start it, and says so.

@@ -7,7 +7,7 @@ import { openDevice } from '../io/openDevice.js';
 import { checkTargetSize, prepareTarget } from '../io/prepareTarget.js';
 import { createCopyRunner, type CopyRunner } from '../workers/createCopyRunner.js';
 import { EagerCopyPool } from '../workers/EagerCopyPool.js';
-import { DEFAULT_BUFFER_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_FLUSH_EVERY, TASKS_PER_WORKER, defaultWorkers, streamTasksPerWorker } from '../sched/tuning.js';
+import { DEFAULT_BUFFER_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_FLUSH_EVERY, DEFAULT_MIRROR_WORKERS, TASKS_PER_WORKER, streamTasksPerWorker } from '../sched/tuning.js';
 import { ioModeCandidates } from './ioModeCandidates.js';
 import { planConnections } from './connectionPlan.js';
 import type { FirstPassPlan } from './MirrorFirstPass.js';
@@ -66,7 +66,7 @@ export interface MirrorOptions {
   /** Largest extent one copy operation moves (default 1 MiB, at least the granularity). */
   readonly chunkSize?: number;
   /**
-   * Copy worker threads (default: one per core, at most 4). 0: no worker threads; the coordinator
+   * Copy worker threads (default `DEFAULT_MIRROR_WORKERS`: one). 0: no worker threads; the coordinator
    * copies on its own open devices, as it always does for NBD (a daemon serving writers on the same
    * thread converges faster this way: docs/perf.md, "QMP daemon").
    */
@@ -156,7 +156,7 @@ function checkOptions(o: MirrorOptions): {
   if (!Number.isSafeInteger(bufferSize) || bufferSize < chunkSize) {
     throw invalid(`buffer size must be at least one chunk (${chunkSize} bytes), not ${bufferSize}`);
   }
-  const workers = o.workers ?? defaultWorkers();
+  const workers = o.workers ?? DEFAULT_MIRROR_WORKERS;
   if (!Number.isSafeInteger(workers) || workers < 0 || workers > 64) throw invalid(`workers must be from 0 to 64, not ${workers}`);
   const passWorkers = o.firstPassWorkers ?? workers;
   if (!Number.isSafeInteger(passWorkers) || passWorkers < 0 || passWorkers > 64) throw invalid(`firstPassWorkers must be from 0 to 64, not ${passWorkers}`);

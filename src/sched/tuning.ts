@@ -32,7 +32,7 @@ export const DAEMON_CLIENT_REQUESTS = 64;
 /** libuv's own ceiling on UV_THREADPOOL_SIZE. */
 const THREADPOOL_MAX = 1024;
 
-/** Default worker threads of a mirror and a verify: one per core, at most 4 (the copy is I/O-bound; workers only dispatch). */
+/** Default worker threads of a verify: one per core, at most 4 (it reads both images and compares, workers only dispatch). */
 export function defaultWorkers(): number {
   return Math.min(4, availableParallelism());
 }
@@ -44,6 +44,16 @@ export function defaultWorkers(): number {
  * against 2.93 s, 64 GiB sparse 3.88 s against 4.17 s (docs/perf.md, "Second wave, second pass").
  */
 export const DEFAULT_COPY_WORKERS = 1;
+
+/**
+ * Default worker threads of a mirror: one too. Its first pass is the copy's engine; once in sync
+ * it copies what the application writes, and on two cores a second thread only competed with the
+ * application: eight library lanes kept 12.4k and 12.8k writes/s with one, 8.2k and 9.6k with
+ * two; fio through the export, in sync, 12.7k and 13.1k IOPS against 11.1k and 9.7k. A 4 GiB
+ * mirror under an unthrottled fio writer was ready in 5.1 and 5.4 s with one, 4.3 and 4.5 s with
+ * two (docs/perf.md, "QMP daemon", fifth pass).
+ */
+export const DEFAULT_MIRROR_WORKERS = 1;
 
 /**
  * The UV_THREADPOOL_SIZE a process needs for `queueDepth` operations in flight. All file I/O from
