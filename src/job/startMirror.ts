@@ -116,8 +116,9 @@ export interface MirrorOptions {
   /** With `state`: bytes per activity-log extent (default 4 MiB). */
   readonly logExtentSize?: number;
   /**
-   * @internal Worker threads of the first pass alone (default: `workers`). The QMP daemon copies
-   * on its own thread (`workers: 0`) but runs the first pass, which nothing paces, on threads.
+   * @internal With `workers` 0, worker threads for the first pass alone (default none: no pass).
+   * The QMP daemon copies on its own thread but runs the first pass, which nothing paces, on
+   * threads. With worker threads the pass and the copier share them.
    */
   readonly firstPassWorkers?: number;
   /** @internal Broken orders for tests of the stress test. */
@@ -158,7 +159,7 @@ function checkOptions(o: MirrorOptions): {
   }
   const workers = o.workers ?? DEFAULT_MIRROR_WORKERS;
   if (!Number.isSafeInteger(workers) || workers < 0 || workers > 64) throw invalid(`workers must be from 0 to 64, not ${workers}`);
-  const passWorkers = o.firstPassWorkers ?? workers;
+  const passWorkers = workers > 0 ? workers : (o.firstPassWorkers ?? 0);
   if (!Number.isSafeInteger(passWorkers) || passWorkers < 0 || passWorkers > 64) throw invalid(`firstPassWorkers must be from 0 to 64, not ${passWorkers}`);
   const speed = o.speed ?? 0;
   if (!Number.isSafeInteger(speed) || speed < 0) throw invalid(`speed must be a whole number of bytes per second, not ${speed}`);

@@ -49,9 +49,9 @@ export const DEFAULT_COPY_WORKERS = 1;
  * Default worker threads of a mirror: one too. Its first pass is the copy's engine; once in sync
  * it copies what the application writes, and on two cores a second thread only competed with the
  * application: eight library lanes kept 12.4k and 12.8k writes/s with one, 8.2k and 9.6k with
- * two; fio through the export, in sync, 12.7k and 13.1k IOPS against 11.1k and 9.7k. A 4 GiB
- * mirror under an unthrottled fio writer was ready in 5.1 and 5.4 s with one, 4.3 and 4.5 s with
- * two (docs/perf.md, "QMP daemon", fifth pass).
+ * two; fio through the export, in sync, 12.7k and 13.1k IOPS against 11.1k and 9.7k (later
+ * 9.0k and 10.6k against 6.2k and 10.7k). A 4 GiB mirror under an unthrottled fio writer was
+ * ready in 5.1 and 5.4 s with one, 4.3 and 4.5 s with two (docs/perf.md, "QMP daemon", fifth pass).
  */
 export const DEFAULT_MIRROR_WORKERS = 1;
 
