@@ -25,6 +25,11 @@ function copyReport(date: string, results: CopyBenchResult[], size = GiB, runs =
   return { kind: 'copy', date, machine, size, runs, results };
 }
 
+/** A bench:qmp report of one round of 10 s: its sizes, writer profiles and results, and anything else given. */
+function qmpReport(fields: { sizes: number[]; writers: string[]; results: object[] } & Record<string, unknown>): Record<string, unknown> {
+  return { kind: 'qmp', date: '2026-12-01T10:00:00Z', machine, runs: 1, fioSeconds: 10, ...fields };
+}
+
 describe('bench:report', () => {
   it('pairs blockmirror with every peer of the same image and cache, with wall and CPU ratios', () => {
     const report = copyReport('2026-12-01T14:28:15.898Z', [
@@ -89,13 +94,9 @@ describe('bench:report', () => {
 
   it('reads a bench:qmp report with writer profiles as one row per image size and writer', () => {
     const rows = rowsFromReport(
-      {
-        kind: 'qmp',
-        date: '2026-12-01T10:00:00Z',
-        machine,
+      qmpReport({
         sizes: [512 * 1024 * 1024, 4 * GiB],
         writers: ['no writer', '3000 IOPS'],
-        runs: 1,
         fioSeconds: 15,
         results: [
           { daemon: 'blockmirror', size: 4 * GiB, writer: 'no writer', readySeconds: 3 },
@@ -103,7 +104,7 @@ describe('bench:report', () => {
           { daemon: 'blockmirror', size: 4 * GiB, writer: '3000 IOPS', readySeconds: 5 },
           { daemon: 'qemu-storage-daemon', size: 4 * GiB, writer: '3000 IOPS', readySeconds: 4 },
         ],
-      },
+      }),
       'q.json',
     );
     expect(rows.map((r) => [r.image, r.blockmirror, r.peerMedian])).toEqual([
@@ -115,20 +116,15 @@ describe('bench:report', () => {
 
   it('reads the mirror command of a bench:qmp report as rows of its own against QEMU', () => {
     const rows = rowsFromReport(
-      {
-        kind: 'qmp',
-        date: '2026-12-01T10:00:00Z',
-        machine,
+      qmpReport({
         sizes: [4 * GiB],
         writers: ['no writer'],
-        runs: 1,
-        fioSeconds: 10,
         results: [
           { daemon: 'blockmirror', size: 4 * GiB, writer: 'no writer', readySeconds: 3 },
           { daemon: 'mirror-command', size: 4 * GiB, writer: 'no writer', readySeconds: 1 },
           { daemon: 'qemu-storage-daemon', size: 4 * GiB, writer: 'no writer', readySeconds: 2 },
         ],
-      },
+      }),
       'q.json',
     );
     expect(rows.map((r) => [r.benchmark, r.blockmirror, r.peerMedian])).toEqual([
@@ -139,39 +135,29 @@ describe('bench:report', () => {
 
   it('gives a bench:qmp row the CPU ratio of the processes\' CPU-seconds, where the report has them', () => {
     const rows = rowsFromReport(
-      {
-        kind: 'qmp',
-        date: '2026-12-02T10:00:00Z',
-        machine,
+      qmpReport({
         sizes: [4 * GiB],
         writers: ['unthrottled'],
-        runs: 1,
-        fioSeconds: 10,
         results: [
           { daemon: 'blockmirror', size: 4 * GiB, writer: 'unthrottled', readySeconds: 3, cpuSeconds: 6 },
           { daemon: 'qemu-storage-daemon', size: 4 * GiB, writer: 'unthrottled', readySeconds: 2, cpuSeconds: 8 },
         ],
-      },
+      }),
       'q.json',
     );
     expect(rows.map((r) => r.cpuRatio)).toEqual([0.75]);
   });
 
   it('leaves out a bench:qmp report whose writer started once the job was ready (not a time to ready under writes)', () => {
-    const report = {
-      kind: 'qmp',
-      date: '2026-12-02T10:00:00Z',
-      machine,
+    const report = qmpReport({
       sizes: [GiB],
       writers: ['unthrottled'],
-      runs: 1,
-      fioSeconds: 10,
       writerAfterReady: true,
       results: [
         { daemon: 'blockmirror', size: GiB, writer: 'unthrottled', readySeconds: 1 },
         { daemon: 'qemu-storage-daemon', size: GiB, writer: 'unthrottled', readySeconds: 2 },
       ],
-    };
+    });
     expect(rowsFromReport(report, 'q.json')).toEqual([]);
   });
 

@@ -78,6 +78,9 @@ function validArgs(): Record<string, ReadonlyArray<Record<string, unknown> | und
       mirror,
       { ...mirror, sync: 'none', 'copy-mode': 'write-blocking', 'auto-finalize': false, 'auto-dismiss': false, granularity: 65536, 'buf-size': MiB, speed: 1000, 'on-source-error': 'stop', 'on-target-error': 'ignore', unmap: true },
       { ...mirror, sync: 'bitmap', bitmap: 'bm', 'bitmap-mode': 'never', replaces: 'small', 'filter-node-name': 'f' },
+      // No granularity: the job's default (4 KiB), which a buffer size is then checked against.
+      { ...mirror, 'buf-size': 4096 },
+      { ...mirror, granularity: 512 },
     ],
     'block-job-complete': [{ device: 'j' }],
     'block-job-cancel': [{ device: 'j', force: true }, { device: 'j' }],
@@ -133,6 +136,8 @@ const SETUPS: ReadonlyArray<ReadonlyArray<[string, Record<string, unknown>]>> = 
   [],
   [['blockdev-mirror', { 'job-id': 'j', device: 'small', target: 'dst', sync: 'none' }]],
   [['blockdev-mirror', { 'job-id': 'j', device: 'small', target: 'dst', sync: 'full', speed: 1, 'auto-dismiss': false, 'auto-finalize': false }]],
+  // No speed limit: a first pass on worker threads of its own, then the copier on the daemon's thread.
+  [['blockdev-mirror', { 'job-id': 'j', device: 'small', target: 'dst', sync: 'full', 'auto-dismiss': false }]],
   [['block-dirty-bitmap-add', { node: 'small', name: 'bm', persistent: true }]],
   [['block-export-add', { type: 'nbd', id: 'e1', 'node-name': 'small' }]],
 ];

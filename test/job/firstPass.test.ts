@@ -31,6 +31,26 @@ async function completeAndCompare(job: MirrorJob, src: string, dst: string): Pro
   expect(await hashFile(dst)).toBe(await hashFile(src));
 }
 
+/**
+ * `lanes` writers through `job.device`, each `writes` writes of 1 to `maxBlocks` 4 KiB blocks at
+ * random `alignment`-aligned offsets, a `zeroShare` of them all zeros.
+ */
+async function writeLanes(
+  job: MirrorJob,
+  size: number,
+  random: () => number,
+  o: { lanes: number; writes: number; maxBlocks: number; alignment: number; zeroShare: number },
+): Promise<void> {
+  const lane = async (): Promise<void> => {
+    for (let i = 0; i < o.writes; i++) {
+      const length = (1 + Math.floor(random() * o.maxBlocks)) * 4 * KiB;
+      const offset = Math.floor(random() * ((size - length) / o.alignment)) * o.alignment;
+      await job.device.write(random() < o.zeroShare ? Buffer.alloc(length) : randomBytes(length), offset);
+    }
+  };
+  await Promise.all(Array.from({ length: o.lanes }, lane));
+}
+
 async function mirror(options: Partial<MirrorOptions> & Pick<MirrorOptions, 'source' | 'target'>): Promise<MirrorJob> {
   return startMirror({ workers: 2, ...options });
 }
@@ -55,15 +75,7 @@ describe('a full mirror\'s first pass', () => {
     const size = 320 * MiB;
     await makeSampleImage(src, { size, holeFraction: 0.75 });
     const job = await mirror({ source: src, target: dst });
-    const random = seededRandom(7);
-    const lane = async (): Promise<void> => {
-      for (let i = 0; i < 60; i++) {
-        const length = (1 + Math.floor(random() * 64)) * 4 * KiB;
-        const offset = Math.floor(random() * ((size - length) / 4096)) * 4096;
-        await job.device.write(random() < 0.3 ? Buffer.alloc(length) : randomBytes(length), offset);
-      }
-    };
-    await Promise.all(Array.from({ length: 4 }, lane));
+    await writeLanes(job, size, seededRandom(7), { lanes: 4, writes: 60, maxBlocks: 64, alignment: 4096, zeroShare: 0.3 });
     await completeAndCompare(job, src, dst);
     expect(job.firstPass!.io.basis).toBe('measured');
     expect(job.firstPass!.io.reason).toMatch(/holes found by O_DIRECT scans/);
@@ -88,19 +100,11 @@ describe('a full mirror\'s first pass', () => {
 
   for (const seed of [1, 2, 3]) {
     it(`ends equal under eight lanes of random writes that start with it (seed ${seed})`, async () => {
-      const random = seededRandom(seed);
       const size = 32 * MiB;
       const { src, dst } = await setup(size);
       const job = await mirror({ source: src, target: dst });
-      const lane = async (): Promise<void> => {
-        for (let i = 0; i < 40; i++) {
-          const length = (1 + Math.floor(random() * 16)) * 4 * KiB;
-          const offset = Math.floor(random() * ((size - length) / 512)) * 512;
-          // Zeros now and then: a target assumed zero must still get them where data was copied.
-          await job.device.write(random() < 0.2 ? Buffer.alloc(length) : randomBytes(length), offset);
-        }
-      };
-      await Promise.all(Array.from({ length: 8 }, lane));
+      // Zeros now and then: a target assumed zero must still get them where data was copied.
+      await writeLanes(job, size, seededRandom(seed), { lanes: 8, writes: 40, maxBlocks: 16, alignment: 512, zeroShare: 0.2 });
       await completeAndCompare(job, src, dst);
       expect(job.firstPass).toBeDefined();
     });
