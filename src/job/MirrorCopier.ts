@@ -105,7 +105,8 @@ export class MirrorCopier {
       onBatch: (outcome) => this.#onBatch(outcome),
       onIdle: () => this.#checkBacklog(),
       coalesceMs: COALESCE_MS,
-      preemptAfterRead: options.testHooks?.skipWriteBlockingWait === true,
+      // The hooks that race a write against a copy in flight widen the copy's window for it.
+      preemptAfterRead: options.testHooks?.skipWriteBlockingWait === true || options.testHooks?.clearAfterRead === true,
       waitForWork: (ms) => (options.bitmap.count() > 0 ? new Promise((r) => setTimeout(r, ms)) : options.bitmap.changed(ms)),
     });
   }

@@ -2,7 +2,7 @@ import { performance } from 'node:perf_hooks';
 import { errnoOf } from '../errors.js';
 import { AllocationMap } from '../io/AllocationMap.js';
 import type { BlockDevice } from '../io/BlockDevice.js';
-import { COPY_PREEMPTION_MS, preemption } from '../util/preemption.js';
+import { preemption } from '../util/preemption.js';
 import { isAllZero } from '../util/zero.js';
 import { BufferPool } from './BufferPool.js';
 import type { CopyFailure, CopyTask, CopyTaskResult } from './CopyTask.js';
@@ -81,7 +81,7 @@ export class ExtentCopier {
       else if (!task.targetIsZero && !target.efficientZeroes) buf.fill(0); // zeroTarget may write it
       const t1 = performance.now();
       readMicros[index] = (t1 - t0) * 1000;
-      if (task.preemptAfterRead) await preemption(COPY_PREEMPTION_MS);
+      if (task.preemptAfterRead) await preemption();
       operation = 'write';
       const granule = task.detectZeroes && !knownZero && task.zeroGranule !== undefined && task.zeroGranule < length ? task.zeroGranule : length;
       const isZero = (at: number): boolean => task.detectZeroes && (knownZero || isAllZero(buf.subarray(at, Math.min(length, at + granule))));
