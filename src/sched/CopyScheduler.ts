@@ -40,6 +40,8 @@ export interface CopySchedulerOptions {
   readonly cancel?: Int32Array;
   /** See `CopyTask.stopAtZero`; may change between batches. */
   stopAtZero?: boolean;
+  /** See `CopyTask.stopAtData`; may change between batches. */
+  stopAtData?: boolean;
   readonly targetIsZero: boolean;
   readonly limiter: RateLimiter;
   /** Called on the coordinator thread as each batch finishes. */
@@ -150,7 +152,12 @@ export class CopyScheduler {
       const extents: number[] = [];
       const count = source.take(extents, room, o.chunkSize);
       if (count === 0) {
-        if (source.exhausted) break;
+        if (source.exhausted) {
+          // A batch still in flight may give work back (a stream stopped part-way: see PhaseExtentSource.giveBack).
+          if (this.#inFlight.size === 0) break;
+          await Promise.race(this.#inFlight);
+          continue;
+        }
         o.onIdle?.();
         if (this.#stopped) break;
         const ms = o.idleWaitMs ?? DEFAULT_IDLE_WAIT_MS;
@@ -200,6 +207,7 @@ export class CopyScheduler {
       ...(o.zeroGranule !== undefined ? { zeroGranule: o.zeroGranule } : {}),
       ...(o.cancel ? { cancel: o.cancel } : {}),
       ...(o.stopAtZero ? { stopAtZero: true } : {}),
+      ...(o.stopAtData ? { stopAtData: true } : {}),
       ...(o.preemptAfterRead ? { preemptAfterRead: true } : {}),
     };
     const done = o.pool

@@ -29,6 +29,12 @@ export interface PhaseExtentSource extends ExtentSource {
    * mirror's pass ends its claims here, marking dirty again what was not copied.
    */
   finished?(outcome: BatchOutcome): void;
+  /**
+   * Takes back [start, end), handed out and not copied (the rest of a stream that stopped at
+   * data or zeros), to hand out again before anything else. A source without it leaves such
+   * rests to a later phase.
+   */
+  giveBack?(start: number, end: number): void;
 }
 
 /** The whole image, front to back, once: a bulk copy. */
@@ -65,6 +71,8 @@ export class LinearExtentSource implements ExtentSource {
 /** Several byte ranges, each front to back, in order, once: a phase of a bulk copy. */
 export class RangesExtentSource implements PhaseExtentSource {
   readonly #ranges: ReadonlyArray<readonly [number, number]>;
+  /** Ranges given back, the latest last: handed out first, latest first. */
+  readonly #returned: Array<[number, number]> = [];
   #index = 0;
   #next: number;
   #remaining: number;
@@ -76,16 +84,22 @@ export class RangesExtentSource implements PhaseExtentSource {
   }
 
   get exhausted(): boolean {
-    return this.#index >= this.#ranges.length;
+    return this.#returned.length === 0 && this.#index >= this.#ranges.length;
   }
 
   get remaining(): number {
     return this.#remaining;
   }
 
+  giveBack(start: number, end: number): void {
+    if (end <= start) return;
+    this.#returned.push([start, end]);
+    this.#remaining += end - start;
+  }
+
   /** The ranges not yet handed out, in order. */
   rest(): Array<[number, number]> {
-    const rest: Array<[number, number]> = [];
+    const rest: Array<[number, number]> = this.#returned.map(([s, e]): [number, number] => [s, e]).sort((a, b) => a[0] - b[0]);
     for (let i = this.#index; i < this.#ranges.length; i++) {
       const [start, end] = this.#ranges[i]!;
       const from = i === this.#index ? this.#next : start;
@@ -96,6 +110,17 @@ export class RangesExtentSource implements PhaseExtentSource {
 
   take(out: number[], maxExtents: number, maxBytes: number): number {
     let n = 0;
+    // A range given back comes first, alone: a stream walks one stretch of the image.
+    const back = this.#returned.at(-1);
+    while (back && n < maxExtents && back[0] < back[1]) {
+      const length = Math.min(maxBytes, back[1] - back[0]);
+      out.push(back[0], length);
+      this.#remaining -= length;
+      back[0] += length;
+      n++;
+    }
+    if (back && back[0] >= back[1]) this.#returned.pop();
+    if (n > 0) return n;
     while (n < maxExtents && this.#index < this.#ranges.length) {
       const end = this.#ranges[this.#index]![1];
       const length = Math.min(maxBytes, end - this.#next);

@@ -37,6 +37,11 @@ export interface CopyTask {
    * and its holes are better scanned with O_DIRECT (through the cache they fill it with zeros).
    */
   readonly stopAtZero?: boolean;
+  /**
+   * A stream (`sequential`) stops after its first extent that holds data, reporting the rest in
+   * `stoppedAt`: a bulk copy's hole scan hands the data on to requests shaped for data.
+   */
+  readonly stopAtData?: boolean;
   /** @internal Tests of the stress test only: pause between each read and its write (see util/preemption.ts). */
   readonly preemptAfterRead?: boolean;
 }
@@ -62,6 +67,8 @@ export interface CopyTaskResult {
   /** Per extent: microseconds the target write took (0 where nothing was written, NaN where it did not run). */
   readonly writeMicros: Float64Array;
   readonly failures: readonly CopyFailure[];
-  /** Set when `cancel` or `stopAtZero` stopped the stream: the extents from this index on were not touched. */
+  /** Set when `cancel`, `stopAtZero` or `stopAtData` stopped the stream: the extents from this index on were not touched. */
   readonly stoppedAt?: number;
+  /** `stopAtData` stopped it. */
+  readonly stoppedAtData?: boolean;
 }

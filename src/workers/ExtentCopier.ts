@@ -8,7 +8,7 @@ import { BufferPool } from './BufferPool.js';
 import type { CopyFailure, CopyTask, CopyTaskResult } from './CopyTask.js';
 
 /** What a copy of a batch needs from its task (the device specs are resolved already). */
-export type CopyBatch = Pick<CopyTask, 'extents' | 'detectZeroes' | 'targetIsZero' | 'sequential' | 'preemptAfterRead' | 'zeroGranule' | 'cancel' | 'stopAtZero'>;
+export type CopyBatch = Pick<CopyTask, 'extents' | 'detectZeroes' | 'targetIsZero' | 'sequential' | 'preemptAfterRead' | 'zeroGranule' | 'cancel' | 'stopAtZero' | 'stopAtData'>;
 
 interface Totals {
   bytesWritten: number;
@@ -44,13 +44,21 @@ export class ExtentCopier {
     const writeMicros = new Float64Array(count).fill(NaN);
     const failures: CopyFailure[] = [];
     const totals: Totals = { bytesWritten: 0, bytesZero: 0 };
-    const result = (stoppedAt?: number): CopyTaskResult => ({ ...totals, readMicros, writeMicros, failures, ...(stoppedAt !== undefined ? { stoppedAt } : {}) });
+    const result = (stoppedAt?: number, atData = false): CopyTaskResult => ({
+      ...totals,
+      readMicros,
+      writeMicros,
+      failures,
+      ...(stoppedAt !== undefined ? { stoppedAt } : {}),
+      ...(atData ? { stoppedAtData: true } : {}),
+    });
     if (task.sequential) {
       for (let i = 0; i < count; i++) {
         if (task.cancel && Atomics.load(task.cancel, 0) !== 0) return result(i);
         const zero = totals.bytesZero;
         await this.#copyOne(task, i, readMicros, writeMicros, failures, totals);
-        if (task.stopAtZero && totals.bytesZero - zero === task.extents[2 * i + 1]! && i + 1 < count) return result(i + 1);
+        const allZero = totals.bytesZero - zero === task.extents[2 * i + 1]!;
+        if (i + 1 < count && (task.stopAtZero ? allZero : task.stopAtData === true && !allZero)) return result(i + 1, !allZero);
       }
     } else {
       const work: Promise<void>[] = [];

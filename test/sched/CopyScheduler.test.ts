@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { CopyScheduler, type BatchOutcome, type TaskRunner } from '../../src/sched/CopyScheduler.js';
-import { LinearExtentSource } from '../../src/sched/ExtentSource.js';
+import { LinearExtentSource, RangesExtentSource } from '../../src/sched/ExtentSource.js';
 import { RateLimiter } from '../../src/sched/RateLimiter.js';
 import type { CopyTask, CopyTaskResult } from '../../src/workers/CopyTask.js';
 
@@ -75,6 +75,28 @@ describe('CopyScheduler', () => {
       next = off! + len!;
     }
     expect(next).toBe(10_000);
+  });
+
+  it('copies what the last batch in flight gives back after the source ran out', async () => {
+    const runner = new HeldRunner();
+    const seen: BatchOutcome[] = [];
+    const source = new RangesExtentSource([[0, 4096]]);
+    let gaveBack = false;
+    const s = scheduler(runner, {
+      onBatch: (o) => {
+        seen.push(o);
+        // The batch that ends the source gives its second half back once.
+        if (!gaveBack && o.extents.at(-2)! + o.extents.at(-1)! === 4096) {
+          gaveBack = true;
+          source.giveBack(2048, 4096);
+        }
+      },
+    });
+    const done = s.run(source);
+    await runner.finishAll(done);
+    const handedOut = seen.flatMap((o) => [...o.extents]).filter((_, i) => i % 2 === 0);
+    expect(handedOut.filter((offset) => offset === 2048)).toHaveLength(2);
+    expect(source.exhausted).toBe(true);
   });
 
   it('never has more extents in flight than the queue depth', async () => {

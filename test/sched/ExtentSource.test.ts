@@ -36,4 +36,25 @@ describe('RangesExtentSource', () => {
       [30, 40],
     ]);
   });
+
+  it('hands out a range given back before anything else, alone in its take, and counts it as left', () => {
+    const source = new RangesExtentSource([[0, 100]]);
+    const out: number[] = [];
+    source.take(out, 2, 10); // [0, 20)
+    source.giveBack(14, 20);
+    expect(source.remaining).toBe(86);
+    const again: number[] = [];
+    expect(source.take(again, 4, 4)).toBe(2);
+    expect(again).toEqual([14, 4, 18, 2]);
+    expect(source.rest()).toEqual([[20, 100]]);
+  });
+
+  it('is not exhausted while a range given back is still to hand out, and lists it in its rest', () => {
+    const source = new RangesExtentSource([[0, 8]]);
+    source.take([], 1, 8);
+    expect(source.exhausted).toBe(true);
+    source.giveBack(4, 8);
+    expect(source.exhausted).toBe(false);
+    expect(source.rest()).toEqual([[4, 8]]);
+  });
 });

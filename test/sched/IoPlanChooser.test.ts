@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { FIRST_RUN_TRIALS, IoPlanChooser, MIN_MEASURED_BYTES, MIN_READ_TRIAL_BYTES, SEGMENT_TRIALS, SLICE_CHUNKS, type CopyPhase, type IoMode, type IoPlan } from '../../src/sched/IoPlanChooser.js';
+import { FIRST_RUN_TRIALS, IoPlanChooser, MIN_MEASURED_BYTES, MIN_TRIAL_DATA_SHARE, MIN_READ_TRIAL_BYTES, SEGMENT_TRIALS, SLICE_CHUNKS, type CopyPhase, type IoMode, type IoPlan } from '../../src/sched/IoPlanChooser.js';
 import { fuzzParams } from '../helpers/fuzz.js';
 
 const MiB = 1 << 20;
@@ -239,6 +239,46 @@ describe('IoPlanChooser', () => {
     simulateCutting(chooser, rates({}), () => 0);
     expect(chooser.choice).toMatchObject({ basis: 'fixed', plan: { write: 'direct' }, trials: [] });
     expect(chooser.choice.reason).toMatch(/too little data/);
+  });
+
+  it('doubles each run segment after one that held too little data, and goes back to the first length after one with data', () => {
+    const chooser = new IoPlanChooser({ size: 256 * GiB, readModes: ['buffered'], writeModes: DIRECT_FIRST, alignment: MiB });
+    // Data in the first GiB (the trials) and from 100 to 164 GiB.
+    const dataOf = (s: number, e: number): number => Math.max(0, Math.min(e, GiB) - s) + Math.max(0, Math.min(e, 164 * GiB) - Math.max(s, 100 * GiB));
+    const thin = ([s, e]: readonly [number, number]): boolean => dataOf(s, e) < MIN_TRIAL_DATA_SHARE * (e - s);
+    const log = simulateCutting(chooser, rates({ 'buffered/direct': 2e9, 'buffered/buffered': 1e9 }), dataOf);
+    const first = SEGMENT_TRIALS * chooser.trialBytes;
+    const runs = log.filter((l) => kind(l.phase) === 'run' && l.phase.ranges.length === 1).map((l) => l.phase.ranges[0]!);
+    const length = (i: number): number => runs[i]![1] - runs[i]![0];
+    const follows = (i: number): boolean => runs[i]![0] === runs[i - 1]![1]; // no trial window between
+    expect(Math.max(...runs.map((_, i) => length(i)))).toBeGreaterThan(8 * first);
+    let grew = 0;
+    let reset = 0;
+    for (let i = 1; i < runs.length; i++) {
+      if (!follows(i)) continue;
+      // Segments are also cut short where a re-trial is due, hence "at most".
+      if (thin(runs[i - 1]!)) grew += length(i) === 2 * length(i - 1) ? 1 : 0;
+      else {
+        expect(length(i)).toBeLessThanOrEqual(first);
+        reset++;
+      }
+    }
+    expect(grew).toBeGreaterThan(3);
+    expect(reset).toBeGreaterThan(3);
+  });
+
+  it('waits twice as long before each re-trial after one whose windows held too little data', () => {
+    const chooser = new IoPlanChooser({ size: 1024 * GiB, readModes: ['buffered'], writeModes: DIRECT_FIRST, alignment: MiB });
+    // Data only in the first trial window: every re-trial falls on holes.
+    const dataOf = (s: number, e: number): number => Math.max(0, Math.min(e, 300 * MiB) - s);
+    const log = simulateCutting(chooser, rates({ 'buffered/direct': 2e9, 'buffered/buffered': 1e9 }), dataOf);
+    const starts: number[] = [];
+    log.forEach((l, i) => {
+      if (l.phase.trial && i > 0 && !log[i - 1]!.phase.trial) starts.push(l.phase.ranges[0]![0]);
+    });
+    const gaps = starts.slice(2).map((s, i) => s - starts[i + 1]!);
+    expect(gaps.length).toBeGreaterThan(2);
+    for (let i = 1; i < gaps.length; i++) expect(gaps[i]!).toBeGreaterThan(1.5 * gaps[i - 1]!);
   });
 
   it('plans phases that cover the image exactly once, on chunk boundaries, whatever the rates, cuts and holes', () => {

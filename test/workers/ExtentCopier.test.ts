@@ -79,6 +79,15 @@ describe('ExtentCopier', () => {
     expect(target.data.subarray(0, 32 * KiB).equals(source.data.subarray(0, 32 * KiB))).toBe(true);
   });
 
+  it('stops a stream asked to stop at data after its first extent that holds data, and says so', async () => {
+    const source = patterned('00D0');
+    const target = new MemoryDevice(64 * KiB);
+    const result = await new ExtentCopier(source, target, false).copy({ extents, detectZeroes: true, targetIsZero: true, sequential: true, stopAtData: true });
+    expect(result).toMatchObject({ stoppedAt: 3, stoppedAtData: true, bytesWritten: 16 * KiB, bytesZero: 32 * KiB });
+    expect(source.order).toEqual([0, 16 * KiB, 32 * KiB]);
+    expect(target.data.subarray(32 * KiB, 48 * KiB).equals(source.data.subarray(32 * KiB, 48 * KiB))).toBe(true);
+  });
+
   it('stops a sequential task at its next extent once its cancel flag is set, and says where', async () => {
     const source = filled(64 * KiB);
     const target = new MemoryDevice(64 * KiB);
