@@ -2,7 +2,7 @@ import { performance } from 'node:perf_hooks';
 import { IoError } from '../errors.js';
 import type { BlockDevice, DeviceSpec } from '../io/BlockDevice.js';
 import { CopyScheduler, type BatchOutcome } from '../sched/CopyScheduler.js';
-import { RangesExtentSource, type PhaseExtentSource } from '../sched/ExtentSource.js';
+import { RangesExtentSource, type PhaseExtentSource, type RangeHolds } from '../sched/ExtentSource.js';
 import { IoPlanChooser, type CopyPhase, type IoPlan, type PhaseOutcome } from '../sched/IoPlanChooser.js';
 import { RateLimiter } from '../sched/RateLimiter.js';
 import { DEFAULT_PROGRESS_INTERVAL_MS, PassProgress, type PassProgressReport } from '../sched/PassProgress.js';
@@ -179,6 +179,10 @@ export class BulkCopy {
     const streamExtents = ({ chunk, depth }: RequestShape, most = STREAM_BYTES): number =>
       Math.max(1, Math.floor(Math.min(most, Math.floor(bytes / depth / chunk) * chunk) / chunk));
     let holeStream = STREAM_BYTES;
+    // Streams of data in flight once a scan has found data: as many as the scan had, doubling
+    // with each stream found all data. 16 at once ran past the ends of 128 MiB runs, and the
+    // page-cache reads of those that did filled the cache with zeros (readahead included).
+    let dataDepth = holes?.depth ?? data.depth;
     const initial = holes ?? data;
     const [done0, zero0] = [this.bytesDone, this.bytesZero];
     // Streams stop at this flag after the extent each is on: a trial past its deadline, a stop.
@@ -186,9 +190,25 @@ export class BulkCopy {
     this.#cancel = cancel;
     const uncopied: Array<[number, number]> = [];
     const ranges: PhaseExtentSource = this.#s.phaseExtents?.(phase.ranges) ?? new RangesExtentSource(phase.ranges);
-    // A scan may stop at data only where the rest can be taken back: a stream stopped with its
-    // rest left to a later phase would scan one request of it per phase.
+    // Where the source takes back what a stopped stream left, a scan stops at its first data and
+    // a stream of data at its first zeros, and each rest is shaped for what it begins with. (A
+    // mirror's pass cannot take rests back: a scan there copies the data it finds, and the shape
+    // follows what the last stream found.)
     const canGiveBack = ranges.giveBack !== undefined;
+    const shapeFor = (holds: RangeHolds): void => {
+      const scanning = holds === 'zeros';
+      const shape = scanning ? holes! : data;
+      const read = scanning ? 'direct' : phase.plan.read;
+      Object.assign(scheduler.options, {
+        chunkSize: shape.chunk,
+        queueDepth: scanning ? shape.depth : dataDepth,
+        batchExtents: streamExtents(shape, scanning ? holeStream : STREAM_BYTES),
+        source: specFor(this.#s.sourceSpec, read),
+        // Data read through the page cache stops at its first zeros (holes would fill the cache).
+        stopAtZero: !scanning && (read === 'buffered' || canGiveBack),
+        stopAtData: scanning && canGiveBack,
+      });
+    };
     const scheduler = new CopyScheduler({
       pool: runner,
       source: specFor(this.#s.sourceSpec, holes ? 'direct' : phase.plan.read),
@@ -200,31 +220,19 @@ export class BulkCopy {
       detectZeroes: this.#s.detectZeroes,
       ...(Math.max(initial.chunk, data.chunk) > tuning.chunkSize ? { zeroGranule: tuning.chunkSize } : {}),
       ...(cancel ? { cancel } : {}),
-      ...(holes && canGiveBack ? { stopAtData: true } : {}),
+      ...(holes && canGiveBack ? { stopAtData: true, beforeTake: () => shapeFor(ranges.nextHolds?.() ?? 'zeros') } : {}),
       targetIsZero: this.#s.targetIsZero,
       limiter: this.#limiter,
       onBatch: (outcome) => {
         this.#account(outcome, uncopied, ranges);
         ranges.finished?.(outcome);
         if (holes) {
-          // A scan that reaches data stops there, and the rest is copied as the plan says until a
-          // stream of data reaches zeros (or finds mostly zeros): then it is scanned again.
           const { stoppedAt, stoppedAtData, bytesZero } = outcome.result;
-          const scanning = !stoppedAtData && (stoppedAt !== undefined || bytesZero * 2 >= outcome.bytes);
-          const shape = scanning ? holes : data;
-          const read = scanning ? 'direct' : phase.plan.read;
           const onlyHoles = bytesZero === outcome.bytes && stoppedAt === undefined;
           holeStream = onlyHoles ? Math.min(HOLE_SCAN.maxStreamBytes, holeStream * 2) : STREAM_BYTES;
-          Object.assign(scheduler.options, {
-            chunkSize: shape.chunk,
-            queueDepth: shape.depth,
-            batchExtents: streamExtents(shape, scanning ? holeStream : STREAM_BYTES),
-            source: specFor(this.#s.sourceSpec, read),
-            // A stream of data stops at its first zeros (read through the page cache, holes would
-            // fill it), and a scan at its first data; the rest is copied next, shaped for what it found.
-            stopAtZero: !scanning && (read === 'buffered' || canGiveBack),
-            stopAtData: scanning && canGiveBack,
-          });
+          if (stoppedAtData) dataDepth = holes.depth;
+          else if (bytesZero === 0 && stoppedAt === undefined) dataDepth = Math.min(data.depth, 2 * dataDepth);
+          if (!canGiveBack) shapeFor(stoppedAt !== undefined || bytesZero * 2 >= outcome.bytes ? 'zeros' : 'data');
         }
         pacer.noteWritten(outcome.result.bytesWritten);
         if (this.#failure || pacer.error) this.#stop();
@@ -308,7 +316,8 @@ export class BulkCopy {
       notDone += extents[2 * i + 1]!;
       rest.push([offset, offset + extents[2 * i + 1]!]);
     }
-    if (source.giveBack) for (const [start, end] of merged(rest).reverse()) source.giveBack(start, end);
+    const holds: RangeHolds = result.stoppedAtData ? 'data' : 'zeros';
+    if (source.giveBack) for (const [start, end] of merged(rest).reverse()) source.giveBack(start, end, holds);
     else uncopied.push(...rest);
     for (const f of result.failures) {
       const offset = extents[2 * f.index]!;

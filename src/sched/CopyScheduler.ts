@@ -42,6 +42,8 @@ export interface CopySchedulerOptions {
   stopAtZero?: boolean;
   /** See `CopyTask.stopAtData`; may change between batches. */
   stopAtData?: boolean;
+  /** Called before each batch is taken, to shape it (a bulk copy shapes it for what the source's next stretch holds). */
+  readonly beforeTake?: () => void;
   readonly targetIsZero: boolean;
   readonly limiter: RateLimiter;
   /** Called on the coordinator thread as each batch finishes. */
@@ -138,6 +140,7 @@ export class CopyScheduler {
   async run(source: ExtentSource): Promise<void> {
     const o = this.options;
     while (!this.#stopped) {
+      o.beforeTake?.();
       if (this.#paused || this.#inFlightOperations >= o.queueDepth) {
         await this.#sleep();
         continue;

@@ -31,11 +31,16 @@ export interface PhaseExtentSource extends ExtentSource {
   finished?(outcome: BatchOutcome): void;
   /**
    * Takes back [start, end), handed out and not copied (the rest of a stream that stopped at
-   * data or zeros), to hand out again before anything else. A source without it leaves such
-   * rests to a later phase.
+   * data or zeros, which it begins with: `holds`), to hand out again before anything else. A
+   * source without it leaves such rests to a later phase.
    */
-  giveBack?(start: number, end: number): void;
+  giveBack?(start: number, end: number, holds: RangeHolds): void;
+  /** What the stretch the next `take` hands out is known to begin with (undefined: not known). */
+  nextHolds?(): RangeHolds | undefined;
 }
+
+/** What a range given back begins with. */
+export type RangeHolds = 'data' | 'zeros';
 
 /** The whole image, front to back, once: a bulk copy. */
 export class LinearExtentSource implements ExtentSource {
@@ -72,7 +77,7 @@ export class LinearExtentSource implements ExtentSource {
 export class RangesExtentSource implements PhaseExtentSource {
   readonly #ranges: ReadonlyArray<readonly [number, number]>;
   /** Ranges given back, the latest last: handed out first, latest first. */
-  readonly #returned: Array<[number, number]> = [];
+  readonly #returned: Array<{ start: number; readonly end: number; holds: RangeHolds }> = [];
   #index = 0;
   #next: number;
   #remaining: number;
@@ -91,15 +96,22 @@ export class RangesExtentSource implements PhaseExtentSource {
     return this.#remaining;
   }
 
-  giveBack(start: number, end: number): void {
+  giveBack(start: number, end: number, holds: RangeHolds): void {
     if (end <= start) return;
-    this.#returned.push([start, end]);
+    // Zeros at `start` end the data found before it: ranges given back as beginning with data
+    // that begin further on are no longer known to.
+    if (holds === 'zeros') for (const r of this.#returned) if (r.holds === 'data' && r.start >= start) r.holds = 'zeros';
+    this.#returned.push({ start, end, holds });
     this.#remaining += end - start;
+  }
+
+  nextHolds(): RangeHolds | undefined {
+    return this.#returned.at(-1)?.holds;
   }
 
   /** The ranges not yet handed out, in order. */
   rest(): Array<[number, number]> {
-    const rest: Array<[number, number]> = this.#returned.map(([s, e]): [number, number] => [s, e]).sort((a, b) => a[0] - b[0]);
+    const rest = this.#returned.map(({ start, end }): [number, number] => [start, end]).sort((a, b) => a[0] - b[0]);
     for (let i = this.#index; i < this.#ranges.length; i++) {
       const [start, end] = this.#ranges[i]!;
       const from = i === this.#index ? this.#next : start;
@@ -112,14 +124,14 @@ export class RangesExtentSource implements PhaseExtentSource {
     let n = 0;
     // A range given back comes first, alone: a stream walks one stretch of the image.
     const back = this.#returned.at(-1);
-    while (back && n < maxExtents && back[0] < back[1]) {
-      const length = Math.min(maxBytes, back[1] - back[0]);
-      out.push(back[0], length);
+    while (back && n < maxExtents && back.start < back.end) {
+      const length = Math.min(maxBytes, back.end - back.start);
+      out.push(back.start, length);
       this.#remaining -= length;
-      back[0] += length;
+      back.start += length;
       n++;
     }
-    if (back && back[0] >= back[1]) this.#returned.pop();
+    if (back && back.start >= back.end) this.#returned.pop();
     if (n > 0) return n;
     while (n < maxExtents && this.#index < this.#ranges.length) {
       const end = this.#ranges[this.#index]![1];

@@ -16,6 +16,8 @@ interface Stream {
   /** Its largest request. */
   readonly chunk: number;
   readonly data: boolean;
+  /** Streams in flight once it was dispatched, itself included. */
+  readonly inFlight: number;
 }
 
 /**
@@ -27,8 +29,10 @@ interface Stream {
 async function holeScan(size: number, data: readonly [number, number]): Promise<Stream[]> {
   const streams: Stream[] = [];
   const overlapsData = (offset: number, length: number): boolean => offset < data[1] && offset + length > data[0];
+  let inFlight = 0;
   const runner = {
     async run(task: CopyTask): Promise<CopyTaskResult> {
+      inFlight++;
       const count = task.extents.length / 2;
       let bytes = 0;
       let zero = 0;
@@ -47,8 +51,9 @@ async function holeScan(size: number, data: readonly [number, number]): Promise<
         }
       }
       const given = task.extents.reduce((n, v, i) => (i % 2 === 1 ? n + v : n), 0);
-      streams.push({ offset: task.extents[0]!, bytes: given, copied: bytes, chunk, data: zero < bytes });
+      streams.push({ offset: task.extents[0]!, bytes: given, copied: bytes, chunk, data: zero < bytes, inFlight });
       await new Promise((resolve) => setImmediate(resolve));
+      inFlight--;
       return {
         bytesWritten: bytes - zero,
         bytesZero: zero,
@@ -111,6 +116,13 @@ describe('BulkCopy: scanning holes', () => {
     expect(rest.length).toBeGreaterThan(0);
     for (const s of rest) expect(s.chunk).toBe(MiB);
     expect(rest.reduce((n, s) => n + s.copied, 0)).toBeGreaterThanOrEqual(64 * MiB - HOLE_SCAN.chunkBytes);
+  });
+
+  it('starts streams of data as few as the scans, and doubles them with each stream that was all data', async () => {
+    const streams = await holeScan(16 * GiB, [8 * GiB, 10 * GiB]);
+    const data = streams.filter((s) => s.chunk === MiB);
+    for (const first of data.slice(0, 2)) expect(first.inFlight).toBeLessThanOrEqual(HOLE_SCAN.streams);
+    expect(Math.max(...data.map((s) => s.inFlight))).toBe(16);
   });
 
   it('covers the image exactly once', async () => {

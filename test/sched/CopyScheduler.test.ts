@@ -88,7 +88,7 @@ describe('CopyScheduler', () => {
         // The batch that ends the source gives its second half back once.
         if (!gaveBack && o.extents.at(-2)! + o.extents.at(-1)! === 4096) {
           gaveBack = true;
-          source.giveBack(2048, 4096);
+          source.giveBack(2048, 4096, 'zeros');
         }
       },
     });

@@ -41,7 +41,7 @@ describe('RangesExtentSource', () => {
     const source = new RangesExtentSource([[0, 100]]);
     const out: number[] = [];
     source.take(out, 2, 10); // [0, 20)
-    source.giveBack(14, 20);
+    source.giveBack(14, 20, 'data');
     expect(source.remaining).toBe(86);
     const again: number[] = [];
     expect(source.take(again, 4, 4)).toBe(2);
@@ -53,8 +53,33 @@ describe('RangesExtentSource', () => {
     const source = new RangesExtentSource([[0, 8]]);
     source.take([], 1, 8);
     expect(source.exhausted).toBe(true);
-    source.giveBack(4, 8);
+    source.giveBack(4, 8, 'zeros');
     expect(source.exhausted).toBe(false);
     expect(source.rest()).toEqual([[4, 8]]);
+  });
+
+  it('says what the next stretch it hands out begins with: a range given back, the latest first, else not known', () => {
+    const source = new RangesExtentSource([[0, 100]]);
+    source.take([], 1, 40); // [0, 40)
+    expect(source.nextHolds()).toBeUndefined();
+    source.giveBack(30, 40, 'zeros');
+    source.giveBack(10, 20, 'data');
+    expect(source.nextHolds()).toBe('data');
+    const out: number[] = [];
+    source.take(out, 4, 100);
+    expect(out).toEqual([10, 10]);
+    expect(source.nextHolds()).toBe('zeros');
+    source.take(out, 4, 100);
+    expect(out.slice(2)).toEqual([30, 10]);
+    expect(source.nextHolds()).toBeUndefined();
+  });
+
+  it('no longer says a range given back begins with data once zeros were given back before its start', () => {
+    const source = new RangesExtentSource([[0, 100]]);
+    source.take([], 1, 100);
+    source.giveBack(50, 100, 'data');
+    source.giveBack(40, 50, 'zeros');
+    source.take([], 1, 100); // the zeros
+    expect(source.nextHolds()).toBe('zeros');
   });
 });
