@@ -65,7 +65,21 @@ describe('ioModeCandidates', () => {
       // As large against memory as an image whose pages would crowd it out, were they read.
       { pooled: true, limited: false, size: 64 * MiB, memoryBytes: 96 * MiB },
     );
-    expect(c).toMatchObject({ holeScan: true, readModes: ['buffered', 'direct'], writeModes: ['direct', 'buffered'] });
+    expect(c).toMatchObject({ holeScan: true, readModes: ['buffered', 'direct'] });
+  });
+
+  withDirect(`writes a mostly-hole source's copy with O_DIRECT, and says why page-cache writes were not tried${suffix}`, async () => {
+    const dir = await scratch();
+    const source = await sparseFile(join(dir, 'sparse.img'), 64 * MiB);
+    await writeFile(source, randomBytes(MiB), { flag: 'r+' });
+    const c = await ioModeCandidates(
+      deviceSpecFor(source, { role: 'source', writable: false }),
+      deviceSpecFor(await sparseFile(join(dir, 'dst.img'), 64 * MiB), { role: 'target', writable: true }),
+      {},
+      { pooled: true, limited: false, size: 64 * MiB },
+    );
+    expect(c).toMatchObject({ holeScan: true, writeModes: ['direct'] });
+    expect(c.note).toMatch(/page-cache writes not tried: a mostly-hole source's trials hold too little data/);
   });
 
   withDirect(`does not scan a source read through the page cache when that is asked for${suffix}`, async () => {
