@@ -60,7 +60,7 @@ export interface BulkCopySettings {
  * copied from there as the plan says (the page cache may serve it) until it reaches zeros again.
  * A stream of holes is a message to the worker and back: each that finds only holes doubles the
  * next one's length, up to `maxStreamBytes`, and one that finds data starts again from
- * STREAM_BYTES. A file of 64 GiB of holes took 2.1 s so against 2.6–2.7 s in streams of 32 MiB;
+ * STREAM_BYTES. A file of 64 GiB of holes took 2.1 s that way, against 2.6–2.7 s in streams of 32 MiB;
  * 256 MiB streams took 2.2 s.
  */
 export const HOLE_SCAN = { chunkBytes: 4 << 20, streams: 2, maxStreamBytes: 1 << 30 } as const;
@@ -180,7 +180,7 @@ export class BulkCopy {
       Math.max(1, Math.floor(Math.min(most, Math.floor(bytes / depth / chunk) * chunk) / chunk));
     let holeStream = STREAM_BYTES;
     // Streams of data in flight once a scan has found data: as many as the scan had, doubling
-    // with each stream found all data. 16 at once ran past the ends of 128 MiB runs, and the
+    // with each stream that was all data. 16 at once ran past the ends of 128 MiB runs, and the
     // page-cache reads of those that did filled the cache with zeros (readahead included).
     let dataDepth = holes?.depth ?? data.depth;
     const initial = holes ?? data;
