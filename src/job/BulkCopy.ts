@@ -2,7 +2,7 @@ import { performance } from 'node:perf_hooks';
 import { IoError } from '../errors.js';
 import type { BlockDevice, DeviceSpec } from '../io/BlockDevice.js';
 import { CopyScheduler, type BatchOutcome } from '../sched/CopyScheduler.js';
-import { RangesExtentSource, type PhaseExtentSource, type RangeHolds } from '../sched/ExtentSource.js';
+import { RangesExtentSource, type ExtentSource, type PhaseExtentSource, type RangeHolds, type StretchKind } from '../sched/ExtentSource.js';
 import { IoPlanChooser, type CopyPhase, type IoPlan, type PhaseOutcome } from '../sched/IoPlanChooser.js';
 import { RateLimiter } from '../sched/RateLimiter.js';
 import { DEFAULT_PROGRESS_INTERVAL_MS, PassProgress, type PassProgressReport } from '../sched/PassProgress.js';
@@ -220,10 +220,11 @@ export class BulkCopy {
       detectZeroes: this.#s.detectZeroes,
       ...(Math.max(initial.chunk, data.chunk) > tuning.chunkSize ? { zeroGranule: tuning.chunkSize } : {}),
       ...(cancel ? { cancel } : {}),
-      ...(holes && canGiveBack ? { stopAtData: true, beforeTake: () => shapeFor(ranges.nextHolds?.() ?? 'zeros') } : {}),
+      ...(holes && canGiveBack ? { stopAtData: true, beforeTake: () => sideBySide.pick() } : {}),
       targetIsZero: this.#s.targetIsZero,
       limiter: this.#limiter,
       onBatch: (outcome) => {
+        sideBySide.running.delete(outcome.extents);
         this.#account(outcome, uncopied, ranges);
         ranges.finished?.(outcome);
         if (holes) {
@@ -238,6 +239,42 @@ export class BulkCopy {
         if (this.#failure || pacer.error) this.#stop();
       },
     });
+    // Scans and streams of data run side by side: the scans, bound by memory, go on over what is
+    // not known yet while the data found, bound by the disk, is copied. Each kind keeps to its
+    // own number of streams in flight.
+    const sideBySide = {
+      running: new Map<readonly number[], StretchKind>(),
+      next: 'other' as StretchKind,
+      inFlight(kind: StretchKind): number {
+        let n = 0;
+        for (const k of this.running.values()) if (k === kind) n++;
+        return n;
+      },
+      /** Shapes the next take for the kind it takes; false while each kind there is work for has its streams in flight. */
+      pick(): boolean {
+        const scan = ranges.has!('other');
+        const copy = ranges.has!('data');
+        if (scan && this.inFlight('other') < holes!.depth) this.next = 'other';
+        else if (copy && this.inFlight('data') < dataDepth) this.next = 'data';
+        else return !scan && !copy; // nothing left to take: the take finds the source exhausted
+        shapeFor(this.next === 'data' ? 'data' : 'zeros');
+        return true;
+      },
+      /** The phase's source as the scheduler takes from it: the kind picked, each take remembered until its batch ends. */
+      source: {
+        take: (out: number[], maxExtents: number, maxBytes: number): number => {
+          const n = ranges.takeOf!(sideBySide.next, out, maxExtents, maxBytes);
+          if (n > 0) sideBySide.running.set(out, sideBySide.next);
+          return n;
+        },
+        get exhausted(): boolean {
+          return ranges.exhausted;
+        },
+        get remaining(): number {
+          return ranges.remaining;
+        },
+      } satisfies ExtentSource,
+    };
     this.#scheduler = scheduler;
     const started = performance.now();
     let cut = false;
@@ -250,7 +287,7 @@ export class BulkCopy {
           }, deadline * 1000)
         : undefined;
     try {
-      await scheduler.run(ranges);
+      await scheduler.run(holes && canGiveBack ? sideBySide.source : ranges);
       clearTimeout(timer);
       await pacer.settle();
       // Write-back deferred by the page cache is a trial's cost: paid here, not by the next

@@ -42,8 +42,12 @@ export interface CopySchedulerOptions {
   stopAtZero?: boolean;
   /** See `CopyTask.stopAtData`; may change between batches. */
   stopAtData?: boolean;
-  /** Called before each batch is taken, to shape it (a bulk copy shapes it for what the source's next stretch holds). */
-  readonly beforeTake?: () => void;
+  /**
+   * Called before each batch is taken, to shape it (a bulk copy shapes it for what the stretch it
+   * will take holds). Where it is given it bounds what is in flight, not `queueDepth` (which then
+   * only shortens the last streams): false holds the next dispatch until a batch finishes.
+   */
+  readonly beforeTake?: () => boolean;
   readonly targetIsZero: boolean;
   readonly limiter: RateLimiter;
   /** Called on the coordinator thread as each batch finishes. */
@@ -140,8 +144,8 @@ export class CopyScheduler {
   async run(source: ExtentSource): Promise<void> {
     const o = this.options;
     while (!this.#stopped) {
-      o.beforeTake?.();
-      if (this.#paused || this.#inFlightOperations >= o.queueDepth) {
+      const full = o.beforeTake ? o.beforeTake() === false && this.#inFlight.size > 0 : this.#inFlightOperations >= o.queueDepth;
+      if (this.#paused || full) {
         await this.#sleep();
         continue;
       }

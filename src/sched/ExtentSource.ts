@@ -35,9 +35,17 @@ export interface PhaseExtentSource extends ExtentSource {
    * source without it leaves such rests to a later phase.
    */
   giveBack?(start: number, end: number, holds: RangeHolds): void;
-  /** What the stretch the next `take` hands out is known to begin with (undefined: not known). */
-  nextHolds?(): RangeHolds | undefined;
+  /**
+   * As `take`, from a stretch known to begin with data (`data`), or from one given back as
+   * beginning with zeros or not known (`other`), the latest given back first; 0 if there is none.
+   */
+  takeOf?(kind: StretchKind, out: number[], maxExtents: number, maxBytes: number): number;
+  /** Whether `takeOf(kind)` would hand out anything. */
+  has?(kind: StretchKind): boolean;
 }
+
+/** Which stretches {@link PhaseExtentSource.takeOf} takes from. */
+export type StretchKind = 'data' | 'other';
 
 /** What a range given back begins with. */
 export type RangeHolds = 'data' | 'zeros';
@@ -105,10 +113,6 @@ export class RangesExtentSource implements PhaseExtentSource {
     this.#remaining += end - start;
   }
 
-  nextHolds(): RangeHolds | undefined {
-    return this.#returned.at(-1)?.holds;
-  }
-
   /** The ranges not yet handed out, in order. */
   rest(): Array<[number, number]> {
     const rest = this.#returned.map(({ start, end }): [number, number] => [start, end]).sort((a, b) => a[0] - b[0]);
@@ -120,19 +124,44 @@ export class RangesExtentSource implements PhaseExtentSource {
     return rest;
   }
 
+  has(kind: StretchKind): boolean {
+    return this.#latest(kind) >= 0 || (kind === 'other' && this.#index < this.#ranges.length);
+  }
+
+  takeOf(kind: StretchKind, out: number[], maxExtents: number, maxBytes: number): number {
+    const i = this.#latest(kind);
+    if (i >= 0) return this.#takeReturned(i, out, maxExtents, maxBytes);
+    return kind === 'other' ? this.#takeRanges(out, maxExtents, maxBytes) : 0;
+  }
+
   take(out: number[], maxExtents: number, maxBytes: number): number {
+    // A range given back comes first.
+    if (this.#returned.length > 0) return this.#takeReturned(this.#returned.length - 1, out, maxExtents, maxBytes);
+    return this.#takeRanges(out, maxExtents, maxBytes);
+  }
+
+  /** Index of the latest range given back of `kind`, or -1. */
+  #latest(kind: StretchKind): number {
+    return this.#returned.findLastIndex((r) => (r.holds === 'data') === (kind === 'data'));
+  }
+
+  /** Takes from the range given back at `index`, alone: a stream walks one stretch of the image. */
+  #takeReturned(index: number, out: number[], maxExtents: number, maxBytes: number): number {
+    const back = this.#returned[index]!;
     let n = 0;
-    // A range given back comes first, alone: a stream walks one stretch of the image.
-    const back = this.#returned.at(-1);
-    while (back && n < maxExtents && back.start < back.end) {
+    while (n < maxExtents && back.start < back.end) {
       const length = Math.min(maxBytes, back.end - back.start);
       out.push(back.start, length);
       this.#remaining -= length;
       back.start += length;
       n++;
     }
-    if (back && back.start >= back.end) this.#returned.pop();
-    if (n > 0) return n;
+    if (back.start >= back.end) this.#returned.splice(index, 1);
+    return n;
+  }
+
+  #takeRanges(out: number[], maxExtents: number, maxBytes: number): number {
+    let n = 0;
     while (n < maxExtents && this.#index < this.#ranges.length) {
       const end = this.#ranges[this.#index]![1];
       const length = Math.min(maxBytes, end - this.#next);

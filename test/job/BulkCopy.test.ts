@@ -16,8 +16,8 @@ interface Stream {
   /** Its largest request. */
   readonly chunk: number;
   readonly data: boolean;
-  /** Streams in flight once it was dispatched, itself included. */
-  readonly inFlight: number;
+  /** Streams of the same request size in flight once it was dispatched, itself included. */
+  readonly alike: number;
 }
 
 /**
@@ -29,10 +29,11 @@ interface Stream {
 async function holeScan(size: number, data: readonly [number, number]): Promise<Stream[]> {
   const streams: Stream[] = [];
   const overlapsData = (offset: number, length: number): boolean => offset < data[1] && offset + length > data[0];
-  let inFlight = 0;
+  const inFlight = new Map<number, number>(); // by request size
   const runner = {
     async run(task: CopyTask): Promise<CopyTaskResult> {
-      inFlight++;
+      const size = task.extents[1]!;
+      inFlight.set(size, (inFlight.get(size) ?? 0) + 1);
       const count = task.extents.length / 2;
       let bytes = 0;
       let zero = 0;
@@ -51,9 +52,9 @@ async function holeScan(size: number, data: readonly [number, number]): Promise<
         }
       }
       const given = task.extents.reduce((n, v, i) => (i % 2 === 1 ? n + v : n), 0);
-      streams.push({ offset: task.extents[0]!, bytes: given, copied: bytes, chunk, data: zero < bytes, inFlight });
+      streams.push({ offset: task.extents[0]!, bytes: given, copied: bytes, chunk, data: zero < bytes, alike: inFlight.get(size)! });
       await new Promise((resolve) => setImmediate(resolve));
-      inFlight--;
+      inFlight.set(size, inFlight.get(size)! - 1);
       return {
         bytesWritten: bytes - zero,
         bytesZero: zero,
@@ -121,8 +122,16 @@ describe('BulkCopy: scanning holes', () => {
   it('starts streams of data as few as the scans, and doubles them with each stream that was all data', async () => {
     const streams = await holeScan(16 * GiB, [8 * GiB, 10 * GiB]);
     const data = streams.filter((s) => s.chunk === MiB);
-    for (const first of data.slice(0, 2)) expect(first.inFlight).toBeLessThanOrEqual(HOLE_SCAN.streams);
-    expect(Math.max(...data.map((s) => s.inFlight))).toBe(16);
+    for (const first of data.slice(0, 3)) expect(first.alike).toBeLessThanOrEqual(HOLE_SCAN.streams);
+    expect(Math.max(...data.map((s) => s.alike))).toBe(16);
+  });
+
+  it('goes on scanning while the data it found is copied', async () => {
+    const streams = await holeScan(16 * GiB, [8 * GiB, 10 * GiB]);
+    const firstData = streams.findIndex((s) => s.chunk === MiB);
+    const lastData = streams.findLastIndex((s) => s.chunk === MiB);
+    const scansBetween = streams.slice(firstData, lastData).filter((s) => s.chunk === HOLE_SCAN.chunkBytes && s.offset >= 10 * GiB);
+    expect(scansBetween.length).toBeGreaterThan(0);
   });
 
   it('covers the image exactly once', async () => {

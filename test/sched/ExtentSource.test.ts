@@ -58,20 +58,23 @@ describe('RangesExtentSource', () => {
     expect(source.rest()).toEqual([[4, 8]]);
   });
 
-  it('says what the next stretch it hands out begins with: a range given back, the latest first, else not known', () => {
+  it('hands out by kind: a stretch given back as beginning with data, or one given back as zeros before the ranges not walked yet', () => {
     const source = new RangesExtentSource([[0, 100]]);
     source.take([], 1, 40); // [0, 40)
-    expect(source.nextHolds()).toBeUndefined();
-    source.giveBack(30, 40, 'zeros');
+    expect(source.has('data')).toBe(false);
     source.giveBack(10, 20, 'data');
-    expect(source.nextHolds()).toBe('data');
+    source.giveBack(30, 40, 'zeros');
     const out: number[] = [];
-    source.take(out, 4, 100);
+    expect(source.takeOf('data', out, 4, 100)).toBe(1);
     expect(out).toEqual([10, 10]);
-    expect(source.nextHolds()).toBe('zeros');
-    source.take(out, 4, 100);
+    expect(source.has('data')).toBe(false);
+    expect(source.takeOf('data', out, 4, 100)).toBe(0);
+    source.takeOf('other', out, 4, 100);
     expect(out.slice(2)).toEqual([30, 10]);
-    expect(source.nextHolds()).toBeUndefined();
+    source.takeOf('other', out, 1, 100);
+    expect(out.slice(4)).toEqual([40, 60]);
+    expect(source.has('other')).toBe(false);
+    expect(source.exhausted).toBe(true);
   });
 
   it('no longer says a range given back begins with data once zeros were given back before its start', () => {
@@ -79,7 +82,6 @@ describe('RangesExtentSource', () => {
     source.take([], 1, 100);
     source.giveBack(50, 100, 'data');
     source.giveBack(40, 50, 'zeros');
-    source.take([], 1, 100); // the zeros
-    expect(source.nextHolds()).toBe('zeros');
+    expect(source.has('data')).toBe(false);
   });
 });
