@@ -194,7 +194,7 @@ export class BulkCopy {
     // a stream of data at its first zeros, and each rest is shaped for what it begins with. (A
     // mirror's pass cannot take rests back: a scan there copies the data it finds, and the shape
     // follows what the last stream found.)
-    const canGiveBack = ranges.giveBack !== undefined;
+    const canGiveBack = ranges.giveBack !== undefined && ranges.takeOf !== undefined && ranges.has !== undefined;
     const shapeFor = (holds: RangeHolds): void => {
       const scanning = holds === 'zeros';
       const shape = scanning ? holes! : data;
