@@ -54,30 +54,26 @@ describe('ioModeCandidates', () => {
     expect(c.why).toMatch(/^not measured: page-cache writes and reads not tried/);
   });
 
-  withDirect(`scans a mostly-hole source for holes, and weighs only its data against memory${suffix}`, async () => {
+  /** The candidates for a 64 MiB source holding 1 MiB of data, into a sparse target. */
+  async function mostlyHoles(memoryBytes?: number) {
     const dir = await scratch();
     const source = await sparseFile(join(dir, 'sparse.img'), 64 * MiB);
     await writeFile(source, randomBytes(MiB), { flag: 'r+' });
-    const c = await ioModeCandidates(
+    return ioModeCandidates(
       deviceSpecFor(source, { role: 'source', writable: false }),
       deviceSpecFor(await sparseFile(join(dir, 'dst.img'), 64 * MiB), { role: 'target', writable: true }),
       {},
-      // As large against memory as an image whose pages would crowd it out, were they read.
-      { pooled: true, limited: false, size: 64 * MiB, memoryBytes: 96 * MiB },
+      { pooled: true, limited: false, size: 64 * MiB, ...(memoryBytes ? { memoryBytes } : {}) },
     );
-    expect(c).toMatchObject({ holeScan: true, readModes: ['buffered', 'direct'] });
+  }
+
+  withDirect(`scans a mostly-hole source for holes, and weighs only its data against memory${suffix}`, async () => {
+    // As large against memory as an image whose pages would crowd it out, were they read.
+    expect(await mostlyHoles(96 * MiB)).toMatchObject({ holeScan: true, readModes: ['buffered', 'direct'] });
   });
 
   withDirect(`writes a mostly-hole source's copy with O_DIRECT, and says why page-cache writes were not tried${suffix}`, async () => {
-    const dir = await scratch();
-    const source = await sparseFile(join(dir, 'sparse.img'), 64 * MiB);
-    await writeFile(source, randomBytes(MiB), { flag: 'r+' });
-    const c = await ioModeCandidates(
-      deviceSpecFor(source, { role: 'source', writable: false }),
-      deviceSpecFor(await sparseFile(join(dir, 'dst.img'), 64 * MiB), { role: 'target', writable: true }),
-      {},
-      { pooled: true, limited: false, size: 64 * MiB },
-    );
+    const c = await mostlyHoles();
     expect(c).toMatchObject({ holeScan: true, writeModes: ['direct'] });
     expect(c.note).toMatch(/page-cache writes not tried: a mostly-hole source's trials hold too little data/);
   });
