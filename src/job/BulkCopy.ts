@@ -195,8 +195,9 @@ export class BulkCopy {
     // mirror's pass cannot take rests back: a scan there copies the data it finds, and the shape
     // follows what the last stream found.)
     const canGiveBack = ranges.giveBack !== undefined && ranges.takeOf !== undefined && ranges.has !== undefined;
-    const shapeFor = (holds: RangeHolds): void => {
-      const scanning = holds === 'zeros';
+    /** Shapes the next batch for a stretch of `kind`: data as the plan says, anything else scanned. */
+    const shapeFor = (kind: StretchKind): void => {
+      const scanning = kind === 'other';
       const shape = scanning ? holes! : data;
       const read = scanning ? 'direct' : phase.plan.read;
       Object.assign(scheduler.options, {
@@ -233,7 +234,7 @@ export class BulkCopy {
           holeStream = onlyHoles ? Math.min(HOLE_SCAN.maxStreamBytes, holeStream * 2) : STREAM_BYTES;
           if (stoppedAtData) dataDepth = holes.depth;
           else if (bytesZero === 0 && stoppedAt === undefined) dataDepth = Math.min(data.depth, 2 * dataDepth);
-          if (!canGiveBack) shapeFor(stoppedAt !== undefined || bytesZero * 2 >= outcome.bytes ? 'zeros' : 'data');
+          if (!canGiveBack) shapeFor(stoppedAt !== undefined || bytesZero * 2 >= outcome.bytes ? 'other' : 'data');
         }
         pacer.noteWritten(outcome.result.bytesWritten);
         if (this.#failure || pacer.error) this.#stop();
@@ -257,7 +258,7 @@ export class BulkCopy {
         if (scan && this.inFlight('other') < holes!.depth) this.next = 'other';
         else if (copy && this.inFlight('data') < dataDepth) this.next = 'data';
         else return !scan && !copy; // nothing left to take: the take finds the source exhausted
-        shapeFor(this.next === 'data' ? 'data' : 'zeros');
+        shapeFor(this.next);
         return true;
       },
       /** The phase's source as the scheduler takes from it: the kind picked, each take remembered until its batch ends. */
@@ -353,9 +354,10 @@ export class BulkCopy {
       notDone += extents[2 * i + 1]!;
       rest.push([offset, offset + extents[2 * i + 1]!]);
     }
-    const holds: RangeHolds = result.stoppedAtData ? 'data' : 'zeros';
-    if (source.giveBack) for (const [start, end] of merged(rest).reverse()) source.giveBack(start, end, holds);
-    else uncopied.push(...rest);
+    if (rest.length > 0 && source.giveBack) {
+      const holds: RangeHolds = result.stoppedAtData ? 'data' : 'zeros';
+      for (const [start, end] of merged(rest).reverse()) source.giveBack(start, end, holds);
+    } else uncopied.push(...rest);
     for (const f of result.failures) {
       const offset = extents[2 * f.index]!;
       const length = extents[2 * f.index + 1]!;
